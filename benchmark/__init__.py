@@ -1,0 +1,1 @@
+"""Data sets, synthetic data, preprocessing, training, metrics, search, reports and benchmarks."""

@@ -1,0 +1,1 @@
+"""The LRP engine (rules, composites, canonizers), baselines, relevance filters and metrics."""

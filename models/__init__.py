@@ -1,0 +1,1 @@
+"""3-D segmentation architectures, their registry, ONNX export and inference sessions."""

@@ -1,0 +1,24 @@
+"""Shared fixtures: small synthetic data sets written by the project's own generator."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark.synthetic import write_dataset
+
+SHAPES = [(64, 64, 12), (48, 56, 10)]
+SEED = 3
+
+
+@pytest.fixture(scope="session")
+def isles_dir(tmp_path_factory):
+    """4 training + 1 test case in ISLES 2017 layout."""
+    return write_dataset(tmp_path_factory.mktemp("isles") / "data", 4, seed=SEED, shapes=SHAPES,
+                         progress=False)
+
+
+@pytest.fixture(scope="session")
+def nnunet_dir(tmp_path_factory):
+    """The same cases in nnU-Net raw layout."""
+    return write_dataset(tmp_path_factory.mktemp("nnunet") / "Dataset501_StrokelensSynth", 4,
+                         seed=SEED, shapes=SHAPES, layout="nnunet", progress=False)

@@ -1,0 +1,1 @@
+"""MLflow conventions in one place: experiment and run naming, logging, model registry."""
