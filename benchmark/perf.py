@@ -2,6 +2,10 @@
 
 Speed targets are checked here, never in timed tests: medians over repeats, device named.
 ``synth``: seconds to generate one synthetic case (maps, label, evidence) at a grid, on one core.
+``train``: training throughput (volumes/s, voxels/s; forward + backward + Adam step, batch 2)
+and peak memory per architecture at the seed grid 48×48×19; each architecture runs in a fresh
+process so its peak resident memory (CPU) or ``max_memory_allocated`` (CUDA) is its own. On a
+GPU, fp32 and mixed precision are compared.
 """
 
 from __future__ import annotations
@@ -51,17 +55,96 @@ def bench_synth(shape=(192, 192, 19), repeats: int = 5) -> dict:
             "target_s": 1.0, "meets_target": written < 1.0}
 
 
+def _train_throughput(name: str, width: float, grid_dhw, batch: int, steps: int, device: str,
+                      amp: bool, queue) -> None:
+    """Child process: time ``steps`` training steps, put a result dict on ``queue``."""
+    import resource
+
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = models.build(name, 6, width=width).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    x = torch.randn(batch, 6, *grid_dhw, device=dev)
+    y = (torch.rand(batch, *grid_dhw, device=dev) > 0.9).float()
+    times = []
+    for step in range(steps + 2):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y.long())
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    voxels = batch * grid_dhw[0] * grid_dhw[1] * grid_dhw[2]
+    queue.put({"architecture": name, "width": width, "precision": "amp" if amp else "fp32",
+               "parameters": models.parameter_count(model), "step_s_median": step_s,
+               "volumes_per_s": batch / step_s, "voxels_per_s": voxels / step_s,
+               "peak_memory_mib": peak})
+
+
+def bench_train(width: float = 0.25, grid_xyz=(48, 48, 19), batch: int = 2, steps: int = 5) -> dict:
+    """Training throughput and peak memory per registry architecture (see the module docstring)."""
+    import multiprocessing as mp
+
+    import torch
+
+    import models
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precisions = [False, True] if device == "cuda" else [False]
+    grid_dhw = (grid_xyz[2], grid_xyz[1], grid_xyz[0])
+    ctx = mp.get_context("spawn")
+    rows = []
+    for name in models.available():
+        for amp in precisions:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_train_throughput,
+                               args=(name, width, grid_dhw, batch, steps, device, amp, queue))
+            proc.start()
+            rows.append(queue.get(timeout=1800))
+            proc.join()
+    return {"benchmark": "train", "grid_xyz": list(grid_xyz), "batch": batch, "steps": steps,
+            "width": width, "device": device, "results": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)
-    parser.add_argument("what", choices=["synth"])
+    parser.add_argument("what", choices=["synth", "train"])
+    parser.add_argument("--width", type=float, default=0.25, help="train: width multiplier")
+    parser.add_argument("--steps", type=int, default=5, help="train: timed steps per architecture")
     parser.add_argument("--json", default="", help="write the result here too")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    import torch
+    if args.what == "synth":
+        import torch
 
-    torch.set_num_threads(1)
-    result = {**bench_synth(repeats=args.repeats), "device_info": device_info()}
+        torch.set_num_threads(1)
+        result = bench_synth(repeats=args.repeats)
+    else:
+        result = bench_train(width=args.width, steps=args.steps)
+    result["device_info"] = device_info()
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -200,7 +200,7 @@ def generate_case(
 
     side = rng.choice([-1.0, 1.0])
     size_class = rng.choice(["small", "medium", "large"], p=[0.3, 0.4, 0.3])
-    radius = {"small": rng.uniform(6, 10), "medium": rng.uniform(11, 20),
+    radius = {"small": rng.uniform(8, 12), "medium": rng.uniform(12, 20),
               "large": rng.uniform(21, 32)}[size_class]
     centre = np.array([rng.uniform(-25, 25), rng.uniform(-45, 45), side * rng.uniform(18, 42)])
     h = _blob(grid, rng, centre, radius, grid.smooth(rng, wavelength=(30, 80))) * parenchyma

@@ -43,3 +43,8 @@ def shape_list(text: str) -> list[tuple[int, int, int]]:
         return [parse_shape(part) for part in text.split(",") if part.strip()]
     except StrokelensError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def split_list(text: str) -> list[str]:
+    """``'a, b,c'`` → ``['a', 'b', 'c']``; empty text → []."""
+    return [part.strip() for part in text.split(",") if part.strip()]

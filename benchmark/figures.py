@@ -1,0 +1,67 @@
+"""PNG figures people look at: prediction overlays on a modality slice.
+
+Colours: the ground-truth lesion contour is green, the predicted one red, over the grey-scale
+modality at the slice with the largest lesion area.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmark.errors import atomic_file  # noqa: E402
+from benchmark.preprocessing import PreparedCase  # noqa: E402
+
+
+def lesion_slice(label: np.ndarray) -> int:
+    """Index of the slice (D axis) with the most lesion voxels (the middle one when empty)."""
+    area = label.reshape(label.shape[0], -1).sum(axis=1)
+    return int(np.argmax(area)) if area.any() else label.shape[0] // 2
+
+
+def overlay_png(path: Path, background: np.ndarray, truth: np.ndarray | None,
+                prediction: np.ndarray | None, title: str) -> Path:
+    """Write one overlay: a 2-D background with truth (green) and prediction (red) contours."""
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.imshow(background, cmap="gray", origin="lower")
+    if truth is not None and truth.any():
+        ax.contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
+    if prediction is not None and prediction.any():
+        ax.contour(prediction.astype(float), levels=[0.5], colors="red", linewidths=1.2)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def overlay_figures(model: nn.Module, cases: Sequence[PreparedCase], folder: Path,
+                    modalities: Sequence[str], modality: str = "Tmax") -> list[Path]:
+    """Overlays of a model's prediction for a few prepared cases at the training grid.
+
+    Returns:
+        The written PNG paths, one per case (``<case>_overlay.png``).
+    """
+    model.eval()
+    channel = list(modalities).index(modality) if modality in modalities else 0
+    paths = []
+    for case in cases:
+        logits = model(torch.from_numpy(case.image[None]))
+        prediction = (torch.softmax(logits, dim=1)[0, 1] > 0.5).numpy()
+        truth = case.label > 0.5 if case.label is not None else None
+        z = lesion_slice(truth if truth is not None else prediction)
+        title = f"{case.case_id} slice {z}: {modalities[channel]}, truth green, prediction red"
+        paths.append(overlay_png(Path(folder) / f"{case.case_id}_overlay.png", case.image[channel, z],
+                                 None if truth is None else truth[z], prediction[z], title))
+    return paths

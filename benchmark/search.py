@@ -1,0 +1,375 @@
+"""Hyper-parameter search with Optuna, one MLflow child run per trial.
+
+The objective follows Optuna's pattern: :func:`suggest_hparams` is the only place that calls
+``trial.suggest_*`` and returns a plain dict; :class:`Objective` builds the model from that dict,
+trains it with :func:`benchmark.training.fit`, reports validation Dice each epoch and raises
+``TrialPruned`` when the pruner says so. Models never import Optuna.
+
+Studies live in ``storage`` (``sqlite:///optuna.db`` on one host; PostgreSQL through
+``postgresql://user:password@host/db`` for many hosts). Running the same command again adds
+``trials`` more trials to the same study; a trial that failed (a crash or Ctrl-C) after writing a
+checkpoint is retried first, resuming from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from benchmark.datasets import CaseRef, discover
+from benchmark.errors import DataError, ParameterError
+from benchmark.figures import overlay_figures
+from benchmark.preprocessing import PreprocessCache, PreprocessConfig
+from benchmark.training import TrainConfig, fit, load_model, resolve_device, seed_everything
+from models.registry import available, build, parameter_count
+from tracking import runs as tracking
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A search set-up: budget, the space searched, and the training grid.
+
+    Attributes:
+        name: the profile's name.
+        trials: trials per invocation.
+        epochs: maximum epochs per trial.
+        architectures: families searched.
+        widths: width multipliers searched.
+        grid: training grid (X, Y, Z).
+        lr: (low, high) log-uniform learning-rate range.
+        weight_decay: (low, high) log-uniform range.
+        losses: losses searched.
+        augment: (low, high) augmentation strength range.
+        batch_size: volumes per step.
+        patience: early-stopping patience in epochs.
+        warmup: epochs before the pruner may stop a trial.
+        fixed: when set, every trial uses exactly these hyper-parameters (no search).
+        first: hyper-parameters of the first trial of a new study (a known-good start).
+        time_budget: seconds after which no new trial or epoch starts (None: no limit).
+    """
+
+    name: str
+    trials: int
+    epochs: int
+    architectures: tuple[str, ...]
+    widths: tuple[float, ...]
+    grid: tuple[int, int, int] = (48, 48, 19)
+    lr: tuple[float, float] = (5e-4, 5e-3)
+    weight_decay: tuple[float, float] = (1e-6, 1e-4)
+    losses: tuple[str, ...] = ("dice", "dice_ce")
+    augment: tuple[float, float] = (0.0, 0.8)
+    batch_size: int = 2
+    patience: int = 8
+    warmup: int = 4
+    fixed: dict | None = None
+    first: dict | None = None
+    time_budget: float | None = None
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(
+        name="default", trials=6, epochs=40, architectures=tuple(available()), widths=(0.125, 0.25),
+        patience=10, warmup=6, time_budget=500.0,
+        first={"architecture": "unet3d", "width": 0.25, "lr": 3e-3, "weight_decay": 1e-5,
+               "loss": "dice_ce", "augment": 0.5}),
+    "gpu": Profile(
+        name="gpu", trials=20, epochs=150, architectures=tuple(available()), widths=(0.5, 1.0),
+        lr=(1e-4, 3e-3), batch_size=4, patience=25, warmup=15,
+        first={"architecture": "unet3d", "width": 1.0, "lr": 1e-3, "weight_decay": 1e-5,
+               "loss": "dice_ce", "augment": 0.5}),
+    "paper": Profile(
+        name="paper", trials=1, epochs=100, architectures=("unet3d",), widths=(1.0,), batch_size=2,
+        patience=0, warmup=10**6,
+        fixed={"architecture": "unet3d", "width": 1.0, "lr": 2e-4, "weight_decay": 1e-5,
+               "loss": "dice", "augment": 0.0}),
+}
+
+
+def resolve_profile(name: str, device: torch.device) -> Profile:
+    """The profile called ``name``; ``default`` becomes ``gpu`` when training on CUDA."""
+    if name not in PROFILES:
+        raise ParameterError(f"profile '{name}' is unknown: choose one of {', '.join(PROFILES)}")
+    if name == "default" and device.type == "cuda":
+        return PROFILES["gpu"]
+    return PROFILES[name]
+
+
+def restrict(profile: Profile, architectures: list[str], widths: list[str]) -> Profile:
+    """The profile with its search space narrowed to the given architectures and widths.
+
+    Raises:
+        ParameterError: an unknown architecture or a width that is not a positive number.
+    """
+    changes: dict = {}
+    if architectures:
+        unknown = [a for a in architectures if a not in available()]
+        if unknown:
+            raise ParameterError(f"architecture '{unknown[0]}' is unknown: choose from {', '.join(available())}")
+        changes["architectures"] = tuple(architectures)
+    if widths:
+        try:
+            values = tuple(float(w) for w in widths)
+        except ValueError:
+            values = (0.0,)
+        if min(values) <= 0:
+            raise ParameterError(f"widths {','.join(widths)} must be positive numbers such as 0.25")
+        changes["widths"] = values
+    if not changes:
+        return profile
+    first = profile.first
+    if first is not None and (first["architecture"] not in changes.get("architectures", (first["architecture"],))
+                              or first["width"] not in changes.get("widths", (first["width"],))):
+        first = None
+    if profile.fixed is not None:
+        raise ParameterError(f"profile '{profile.name}' fixes its architecture: drop --architectures/--widths")
+    return dataclasses.replace(profile, first=first, **changes)
+
+
+def suggest_hparams(trial: optuna.Trial, profile: Profile) -> dict:
+    """The only place that asks Optuna for values; returns a plain dict of hyper-parameters."""
+    if profile.fixed is not None:
+        for key, value in profile.fixed.items():
+            trial.set_user_attr(key, value)
+        return dict(profile.fixed)
+    return {
+        "architecture": trial.suggest_categorical("architecture", list(profile.architectures)),
+        "width": trial.suggest_categorical("width", list(profile.widths)),
+        "lr": trial.suggest_float("lr", *profile.lr, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", *profile.weight_decay, log=True),
+        "loss": trial.suggest_categorical("loss", list(profile.losses)),
+        "augment": trial.suggest_float("augment", *profile.augment),
+    }
+
+
+def split_cases(refs: list[CaseRef], val_fraction: float = 0.25, seed: int = 0
+                ) -> tuple[list[CaseRef], list[CaseRef]]:
+    """A fixed train/validation split (the same for every trial of a study)."""
+    if len(refs) < 2:
+        raise DataError(f"a search needs at least 2 labelled cases, the data has {len(refs)}: "
+                        "add cases or generate synthetic data with mlproject.synth")
+    order = np.random.default_rng(seed).permutation(len(refs))
+    n_val = min(len(refs) - 1, max(1, round(len(refs) * val_fraction)))
+    val = sorted(order[:n_val])
+    return [refs[i] for i in sorted(order[n_val:])], [refs[i] for i in val]
+
+
+@dataclass
+class SearchSettings:
+    """Everything one search invocation needs (each field is one CLI flag)."""
+
+    data: Path
+    trials: int
+    epochs: int
+    study: str
+    storage: str
+    experiment: str
+    seed: int
+    device: str
+    profile: Profile
+    time_budget: float | None = None
+    checkpoints: Path = Path("checkpoints")
+    cache: Path | None = Path(".cache") / "preprocessed"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.trials < 1:
+            raise ParameterError(f"trials must be at least 1 (got {self.trials})")
+        if self.epochs < 1:
+            raise ParameterError(f"epochs must be at least 1 (got {self.epochs})")
+        if not self.study:
+            raise ParameterError("study must be a non-empty name")
+
+
+@dataclass
+class SearchResult:
+    """What a search invocation returns."""
+
+    study: str
+    parent_run_id: str
+    best_run_id: str | None
+    best_value: float | None
+    best_params: dict = field(default_factory=dict)
+    states: dict = field(default_factory=dict)
+
+
+def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.Study:
+    """Create or load the study (maximising validation Dice) with its sampler and pruner.
+
+    Raises:
+        ParameterError: the storage cannot be opened, or the study maximises nothing / minimises.
+    """
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=profile.warmup)
+    try:
+        storage_obj = optuna.storages.RDBStorage(storage) if "://" in storage else None
+    except Exception as exc:
+        raise ParameterError(f"storage '{storage}' cannot be opened ({type(exc).__name__}): give a "
+                             "database URL such as sqlite:///optuna.db or postgresql://…") from exc
+    if storage_obj is None:
+        raise ParameterError(f"storage '{storage}' is not a database URL: use sqlite:///optuna.db "
+                             "or postgresql://user:password@host/db")
+    try:
+        study = optuna.create_study(study_name=name, storage=storage_obj, sampler=sampler,
+                                    pruner=pruner, direction="maximize", load_if_exists=True)
+    except ValueError as exc:
+        raise ParameterError(f"study '{name}' in '{storage}' cannot be used ({exc}): choose another "
+                             "study name") from exc
+    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ParameterError(f"study '{name}' in '{storage}' was created to "
+                             f"{[d.name.lower() for d in study.directions]}, but strokelens maximises "
+                             "validation Dice: choose another study name")
+    return study
+
+
+def _enqueue_retries_and_start(study: optuna.Study, profile: Profile) -> None:
+    """Retry failed trials that left a checkpoint; seed a new study with the profile's start."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        resume = t.user_attrs.get("last_checkpoint")
+        if t.state == optuna.trial.TrialState.FAIL and resume and Path(resume).is_file() \
+                and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={"resume_checkpoint": resume, "retry_of": t.number})
+    if not trials and profile.first is not None and profile.fixed is None:
+        study.enqueue_trial(profile.first)
+
+
+class Objective:
+    """Optuna objective: train one configuration and return its best validation Dice."""
+
+    def __init__(self, settings: SearchSettings, train: list, val: list, preprocess: PreprocessConfig,
+                 deadline: float | None = None):
+        self.s = settings
+        self.train, self.val, self.preprocess = train, val, preprocess
+        self.deadline = deadline
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hp = suggest_hparams(trial, self.s.profile)
+        folder = self.s.checkpoints / self.s.study / f"trial_{trial.number:04d}"
+        trial.set_user_attr("last_checkpoint", str(folder / "last.pt"))
+        resume = trial.user_attrs.get("resume_checkpoint")
+        params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
+                  "grid": "x".join(map(str, self.preprocess.grid)), "seed": self.s.seed,
+                  "resumed_from": resume or ""}
+        with tracking.trial_run(self.s.study, trial.number, hp["architecture"], params) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            seed_everything(self.s.seed + trial.number)  # the same seed builds the same initial weights
+            model = build(hp["architecture"], len(self.preprocess.modalities), width=hp["width"])
+            config = TrainConfig(epochs=self.s.epochs, batch_size=self.s.profile.batch_size, lr=hp["lr"],
+                                 weight_decay=hp["weight_decay"], loss=hp["loss"], augment=hp["augment"],
+                                 patience=self.s.profile.patience, seed=self.s.seed + trial.number,
+                                 device=self.s.device)
+            tracking.log_summary({"param_count": parameter_count(model)})
+
+            rows: list[dict] = []
+
+            def on_epoch(epoch: int, row: dict) -> None:
+                rows.append(row)
+                tracking.log_epoch(row)
+                trial.report(row["val_dice"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+            pruned = None
+            try:
+                result = fit(model, self.train, self.val, config, checkpoint_dir=folder, resume=resume,
+                             on_epoch=on_epoch, deadline=self.deadline, progress=self.s.progress)
+            except optuna.TrialPruned as exc:
+                pruned = exc
+            self._log_best(folder)
+            if rows:
+                best = max(rows, key=lambda r: r["val_dice"])
+                tracking.log_summary({"best_val_dice": best["val_dice"], "best_epoch": best["epoch"],
+                                      "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in rows])),
+                                      "epochs_run": len(rows)})
+            tracking.set_state(tracking.STATE_COMPLETE if pruned is None else tracking.STATE_PRUNED)
+        if pruned is not None:  # outside the run, so MLflow marks it FINISHED, not FAILED
+            raise pruned
+        return result.best_dice
+
+    def _log_best(self, folder: Path) -> None:
+        best = folder / "best.pt"
+        if not best.is_file():
+            return
+        tracking.log_checkpoint(best, self.preprocess.to_dict())
+        model = load_model(best)
+        figures = overlay_figures(model, self.val[:3], folder / "figures", self.preprocess.modalities)
+        tracking.log_figures(figures)
+
+
+def run_search(s: SearchSettings) -> SearchResult:
+    """Run ``s.trials`` trials of the study inside one parent MLflow run."""
+    from tqdm import tqdm
+
+    device = resolve_device(s.device)
+    refs = discover(s.data, split="train")
+    train_refs, val_refs = split_cases(refs, seed=0)
+    study = open_study(s.study, s.storage, s.seed, s.profile)
+    preprocess = PreprocessConfig(grid=s.profile.grid)
+    cache = PreprocessCache(preprocess, s.cache)
+    cases = [cache.get(r) for r in tqdm(refs, desc="preparing cases", unit="case", disable=not s.progress)]
+    by_id = {c.case_id: c for c in cases}
+    train = [by_id[r.case_id] for r in train_refs]
+    val = [by_id[r.case_id] for r in val_refs]
+    tracking.setup(s.experiment)
+    params = {"data": str(s.data), "trials": s.trials, "epochs": s.epochs, "study": s.study,
+              "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
+              "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid))}
+    with tracking.search_run(s.study, params, s.profile.name) as parent:
+        _enqueue_retries_and_start(study, s.profile)
+        started = time.monotonic()
+        deadline = None if s.time_budget is None else started + s.time_budget
+        study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
+                       timeout=s.time_budget, catch=(FloatingPointError, RuntimeError))
+        mlflow_seconds = time.monotonic() - started
+        finished = [t for t in study.get_trials(deepcopy=False)
+                    if t.state == optuna.trial.TrialState.COMPLETE]
+        states = {state.name.lower(): sum(t.state == state for t in study.get_trials(deepcopy=False))
+                  for state in optuna.trial.TrialState}
+        tracking.log_summary({"search_seconds": mlflow_seconds,
+                              **{f"trials_{k}": v for k, v in states.items()}})
+        if not finished:
+            return SearchResult(s.study, parent.info.run_id, None, None, {}, states)
+        best = study.best_trial
+        best_run = best.user_attrs.get("mlflow_run_id")
+        best_metrics = _run_metrics(best_run)
+        tracking.log_best_trial(best_run, best.number, best.params or best.user_attrs, best_metrics)
+        best_folder = Path(best.user_attrs.get("last_checkpoint", "")).parent
+        if (best_folder / "best.pt").is_file():
+            tracking.log_checkpoint(best_folder / "best.pt", preprocess.to_dict())
+            tracking.log_figures(sorted((best_folder / "figures").glob("*.png")))
+        return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states)
+
+
+def _run_metrics(run_id: str) -> dict:
+    """The final validation metrics at the best epoch of a trial run."""
+    client = tracking.MlflowClient(tracking.tracking_uri())
+    run = client.get_run(run_id)
+    best_epoch = int(run.data.metrics.get("best_epoch", -1))
+    out = {"val_dice": run.data.metrics.get("best_val_dice", float("nan"))}
+    for key in ("val_hd95", "val_assd", "val_volume_diff_ml", "val_precision", "val_recall",
+                "val_lesion_f1"):
+        history = client.get_metric_history(run_id, key)
+        at_best = [m.value for m in history if m.step == best_epoch]
+        if at_best:
+            out[key] = at_best[-1]
+    out["param_count"] = run.data.metrics.get("param_count", float("nan"))
+    out["seconds_per_epoch"] = run.data.metrics.get("seconds_per_epoch", float("nan"))
+    return out
+
+
+def describe(result: SearchResult) -> str:
+    """A one-paragraph summary for the terminal."""
+    states = ", ".join(f"{v} {k}" for k, v in result.states.items() if v)
+    if result.best_run_id is None:
+        return f"study {result.study}: no finished trial ({states})"
+    return (f"study {result.study}: best validation Dice {result.best_value:.3f} "
+            f"(MLflow run {result.best_run_id}, {json.dumps(result.best_params)}); trials: {states}")
+

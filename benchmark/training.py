@@ -1,0 +1,385 @@
+"""Training a segmentation network: losses, augmentation, validation, checkpoints, the loop.
+
+The loop is a handful of small steps (:func:`train_epoch`, :func:`validate`,
+:func:`save_checkpoint`, :class:`EarlyStopping`) that :func:`fit` strings together; a search
+calls :func:`fit` with an ``on_epoch`` callback that reports to Optuna and MLflow.
+
+Losses (``p`` = lesion probability, ``t`` = lesion fraction of the voxel, sums over the batch):
+
+* ``dice`` (the seed's soft Dice, smooth s = 1): ``1 − (2 Σ p t + s) / (Σ p + Σ t + s)``.
+* ``dice_ce``: ``dice + CE`` with CE the voxel-mean cross-entropy of the two-class logits
+  against the target fraction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.errors import DataError, ParameterError, atomic_file
+from benchmark.metrics import METRIC_NAMES, segmentation_metrics
+from benchmark.preprocessing import PreparedCase, to_native
+
+LOSSES: tuple[str, ...] = ("dice", "dice_ce")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the seed's Adam defaults).
+
+    Attributes:
+        epochs: maximum epochs.
+        batch_size: volumes per step.
+        lr: Adam learning rate.
+        betas: Adam betas.
+        weight_decay: Adam weight decay (L2).
+        loss: ``dice`` or ``dice_ce``.
+        augment: augmentation strength in [0, 1] (0 turns it off).
+        patience: early stopping after this many epochs without a better validation Dice
+            (0 turns it off).
+        seed: seeds Python, NumPy and torch (deterministic on CPU).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        amp: mixed precision on CUDA.
+        threshold: lesion probability above which a voxel is lesion.
+    """
+
+    epochs: int = 30
+    batch_size: int = 2
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 1e-5
+    loss: str = "dice"
+    augment: float = 0.5
+    patience: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ParameterError(f"epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ParameterError(f"batch_size must be at least 1 (got {self.batch_size})")
+        if self.loss not in LOSSES:
+            raise ParameterError(f"loss '{self.loss}' is unknown: choose {' or '.join(LOSSES)}")
+        if not 0 <= self.augment <= 1:
+            raise ParameterError(f"augment must be within [0, 1] (got {self.augment})")
+        if not self.lr > 0:
+            raise ParameterError(f"lr must be positive (got {self.lr})")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError(f"device '{name}' asked for but no CUDA GPU is visible: use cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ParameterError(f"device '{name}' is unknown: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch and ask torch for deterministic kernels where it has them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """The seed's soft Dice loss on the lesion channel, ``1 − (2Σpt + s)/(Σp + Σt + s)``."""
+    p = torch.softmax(logits.float(), dim=1)[:, 1]
+    return 1.0 - (2.0 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice plus voxel-mean cross-entropy against the target fraction."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    ce = -(target * log_p[:, 1] + (1 - target) * log_p[:, 0]).mean()
+    return soft_dice_loss(logits, target) + ce
+
+
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss called ``name`` (see :data:`LOSSES`)."""
+    if name not in LOSSES:
+        raise ParameterError(f"loss '{name}' is unknown: choose {' or '.join(LOSSES)}")
+    return soft_dice_loss if name == "dice" else dice_ce_loss
+
+
+class Augmenter:
+    """Random 3-D augmentation of a batch, strength ``s`` in [0, 1].
+
+    Per volume: a flip along each spatial axis with probability 0.5·s (H and W) and 0.25·s (D),
+    intensity ``x × (1 + U(−0.15, 0.15)·s) + U(−0.1, 0.1)·s`` per channel, Gaussian noise of
+    standard deviation 0.03·s. Labels get the same flips.
+
+    Args:
+        strength: s; 0 returns batches unchanged.
+        seed: seeds the augmenter's own generator (independent of the model's).
+    """
+
+    def __init__(self, strength: float, seed: int = 0):
+        self.strength = strength
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _uniform(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.generator)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.strength
+        if s <= 0:
+            return image, label
+        image, label = image.clone(), label.clone()
+        n, c = image.shape[:2]
+        for i in range(n):
+            for axis, chance in ((1, 0.25 * s), (2, 0.5 * s), (3, 0.5 * s)):
+                if float(self._uniform(1)) < chance:
+                    image[i] = image[i].flip(axis)
+                    label[i] = label[i].flip(axis - 1)
+        scale = 1 + (self._uniform(n, c, 1, 1, 1) * 0.3 - 0.15) * s
+        shift = (self._uniform(n, c, 1, 1, 1) * 0.2 - 0.1) * s
+        noise = torch.randn(image.shape, generator=self.generator) * (0.03 * s)
+        return image * scale + shift + noise, label
+
+
+def stack_batch(cases: Sequence[PreparedCase]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, D, H, W) images and (N, D, H, W) label fractions of prepared cases."""
+    image = torch.from_numpy(np.stack([c.image for c in cases]))
+    label = torch.from_numpy(np.stack([c.label for c in cases]))
+    return image, label
+
+
+def train_epoch(model: nn.Module, cases: Sequence[PreparedCase], optimizer: torch.optim.Optimizer,
+                loss_fn, augmenter: Augmenter, batch_size: int, device: torch.device,
+                scaler: torch.amp.GradScaler | None, order: torch.Generator) -> float:
+    """One pass over ``cases`` in a random order; returns the mean loss."""
+    model.train()
+    permutation = torch.randperm(len(cases), generator=order).tolist()
+    losses = []
+    for start in range(0, len(cases), batch_size):
+        batch = [cases[i] for i in permutation[start:start + batch_size]]
+        image, label = augmenter(*stack_batch(batch))
+        image, label = image.to(device), label.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            loss = loss_fn(model(image), label)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()}: lower the learning rate")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def predict_probability(model: nn.Module, image: torch.Tensor, device: torch.device,
+                        amp: bool = False) -> torch.Tensor:
+    """Lesion probability (N, D, H, W) of a batch at the training grid, on the CPU."""
+    model.eval()
+    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        logits = model(image.to(device))
+    return torch.softmax(logits.float(), dim=1)[:, 1].cpu()
+
+
+def validate(model: nn.Module, cases: Sequence[PreparedCase], device: torch.device,
+             threshold: float = 0.5, amp: bool = False) -> tuple[dict[str, float], list[dict]]:
+    """Segmentation metrics on each case's native grid.
+
+    Returns:
+        (mean of each metric over cases as ``val_<metric>``, per-case dicts with ``case``).
+    """
+    per_case = []
+    for case in cases:
+        if case.native_label is None:
+            raise DataError(f"validation case {case.case_id} has no ground truth: use training cases")
+        probability = predict_probability(model, torch.from_numpy(case.image[None]), device, amp)
+        native = to_native(probability, case.native_shape)[0]
+        metrics = segmentation_metrics(native > threshold, case.native_label, case.spacing)
+        per_case.append({"case": case.case_id, **metrics})
+    means = {f"val_{k}": float(np.mean([c[k] for c in per_case])) for k in METRIC_NAMES}
+    return means, per_case
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs without improving the best score by more than ``min_delta``."""
+
+    patience: int
+    min_delta: float = 1e-4
+    best: float = -math.inf
+    best_epoch: int = -1
+    history: list[float] = field(default_factory=list)
+
+    def update(self, score: float, epoch: int) -> bool:
+        """Record a score; True when it is a new best."""
+        self.history.append(score)
+        if score > self.best + self.min_delta:
+            self.best, self.best_epoch = score, epoch
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        """True when ``patience`` epochs passed since the best one."""
+        return self.patience > 0 and epoch - self.best_epoch >= self.patience
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    epoch: int, history: list[dict], extra: dict | None = None) -> Path:
+    """Atomically write weights, optimiser state, epoch, history and the build config (JSON).
+
+    The file loads with ``torch.load(path, weights_only=True)``: the build configuration and
+    everything else that is not a tensor are stored as JSON strings.
+    """
+    payload = {
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "epoch": int(epoch),
+        "build_config": json.dumps(getattr(model, "build_config", {})),
+        "history": json.dumps(history),
+        "extra": json.dumps(extra or {}),
+    }
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint with ``weights_only=True``; JSON fields are decoded.
+
+    Raises:
+        DataError: the file is missing or not a strokelens checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint '{path}' does not exist: give a path written by training")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("build_config", "history", "extra"):
+            payload[key] = json.loads(payload[key])
+    except Exception as exc:
+        raise DataError(f"'{path}' is not a strokelens checkpoint ({type(exc).__name__}): "
+                        "give a checkpoint written by training") from exc
+    return payload
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild a model from a checkpoint (architecture from its build config), in eval mode."""
+    from models.registry import build_from_config
+
+    payload = load_checkpoint(path)
+    model = build_from_config(payload["build_config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: best validation Dice and epoch, history, timings."""
+
+    best_dice: float
+    best_epoch: int
+    history: list[dict]
+    seconds_per_epoch: float
+    best_checkpoint: Path | None
+    stopped_early: bool
+
+
+def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequence[PreparedCase],
+        config: TrainConfig, *, checkpoint_dir: str | Path | None = None,
+        resume: str | Path | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+        deadline: float | None = None, progress: bool = True) -> FitResult:
+    """Train ``model`` with validation every epoch, checkpoints, early stopping and resume.
+
+    Args:
+        model: a registry model (its ``build_config`` goes into checkpoints).
+        train_cases: prepared training cases (with labels).
+        val_cases: prepared validation cases (with native labels).
+        config: the training settings.
+        checkpoint_dir: writes ``last.pt`` every epoch and ``best.pt`` at each new best.
+        resume: a ``last.pt`` to continue from (weights, optimiser, epoch, history).
+        on_epoch: called as ``on_epoch(epoch, metrics)`` after validation; it may raise (for
+            example ``optuna.TrialPruned``) to stop.
+        deadline: a ``time.monotonic()`` value after which no new epoch starts (time budgets).
+        progress: show a progress bar over epochs.
+
+    Returns:
+        The :class:`FitResult`.
+    """
+    from tqdm import tqdm
+
+    if not train_cases or not val_cases:
+        raise DataError(f"training needs training and validation cases (got {len(train_cases)} and "
+                        f"{len(val_cases)}): give a data folder with at least 2 labelled cases")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
+    loss_fn = loss_function(config.loss)
+    augmenter = Augmenter(config.augment, seed=config.seed + 1)
+    order = torch.Generator().manual_seed(config.seed + 2)
+    stopper = EarlyStopping(config.patience)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["state_dict"])
+        if state["optimizer"]:
+            optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        for row in history:
+            stopper.update(row["val_dice"], row["epoch"])
+        extra = state["extra"]
+        if "rng" in extra:
+            torch.set_rng_state(torch.tensor(extra["rng"]["torch"], dtype=torch.uint8))
+            augmenter.generator.set_state(torch.tensor(extra["rng"]["augment"], dtype=torch.uint8))
+            order.set_state(torch.tensor(extra["rng"]["order"], dtype=torch.uint8))
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    best_path = folder / "best.pt" if folder is not None else None
+    stopped = False
+    bar = tqdm(range(start_epoch, config.epochs), desc="epochs", unit="epoch", disable=not progress,
+               leave=False)
+    for epoch in bar:
+        started = time.perf_counter()
+        train_loss = train_epoch(model, train_cases, optimizer, loss_fn, augmenter, config.batch_size,
+                                 device, scaler, order)
+        means, _ = validate(model, val_cases, device, config.threshold, config.amp)
+        row = {"epoch": epoch, "train_loss": train_loss, **means,
+               "epoch_seconds": time.perf_counter() - started}
+        history.append(row)
+        improved = stopper.update(means["val_dice"], epoch)
+        if folder is not None:
+            rng = {"torch": torch.get_rng_state().tolist(),
+                   "augment": augmenter.generator.get_state().tolist(),
+                   "order": order.get_state().tolist()}
+            save_checkpoint(folder / "last.pt", model, optimizer, epoch, history, {"rng": rng})
+            if improved:
+                save_checkpoint(best_path, model, None, epoch, history, {"train": asdict(config)})
+        bar.set_postfix(loss=f"{train_loss:.3f}", dice=f"{means['val_dice']:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        if stopper.should_stop(epoch) or (deadline is not None and time.monotonic() > deadline):
+            stopped = True
+            break
+    seconds = float(np.mean([r["epoch_seconds"] for r in history])) if history else 0.0
+    return FitResult(stopper.best, stopper.best_epoch, history, seconds, best_path, stopped)

@@ -1,0 +1,154 @@
+"""The search end to end on tiny data: MLflow run structure, resume, failures, bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+import benchmark.search as search
+from benchmark.errors import DataError, ParameterError
+from benchmark.search import Profile, SearchSettings, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Profile(name="tiny", trials=2, epochs=2, architectures=("unet3d", "segresnet3d"), widths=(0.0625,),
+               grid=(16, 16, 8), batch_size=2, patience=0, warmup=0,
+               first={"architecture": "unet3d", "width": 0.0625, "lr": 3e-3, "weight_decay": 1e-5,
+                      "loss": "dice_ce", "augment": 0.5})
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+def _settings(data, workdir, **kw):
+    values = {"data": data, "trials": 2, "epochs": 2, "study": "s", "storage": f"sqlite:///{workdir}/optuna.db",
+              "experiment": "e", "seed": 0, "device": "cpu", "profile": TINY,
+              "checkpoints": workdir / "ckpt", "cache": None, "progress": False}
+    return SearchSettings(**{**values, **kw})
+
+
+def _runs(workdir):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("e")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_search_tracks_parent_and_nested_trial_runs(isles_dir, workdir):
+    result = run_search(_settings(isles_dir, workdir))
+    client, runs = _runs(workdir)
+    parents = [r for r in runs if r.data.tags.get("strokelens.kind") == "search"]
+    trials = [r for r in runs if r.data.tags.get("strokelens.kind") == "trial"]
+    assert len(parents) == 1 and len(trials) == 2
+    parent = parents[0]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert all(r.info.status == "FINISHED" for r in trials)
+    states = {r.data.tags["strokelens.trial"]: r.data.tags["strokelens.state"] for r in trials}
+    assert states["0"] == "complete" and states["1"] in ("complete", "pruned")
+    assert {r.data.params["architecture"] for r in trials} <= {"unet3d", "segresnet3d"}
+    first = next(r for r in trials if r.data.tags["strokelens.trial"] == "0")
+    assert first.data.params["lr"] == "0.003"  # the profile's known-good start
+    for r in trials:
+        history = client.get_metric_history(r.info.run_id, "val_dice")
+        assert [m.step for m in history] == ([0, 1] if states[r.data.tags["strokelens.trial"]] == "complete" else [0])
+        assert {"train_loss", "val_hd95", "param_count"} <= set(r.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
+        assert artifacts == {"checkpoint/best.pt", "checkpoint/preprocess.json"}
+        figures = client.list_artifacts(r.info.run_id, "figures")
+        assert figures and all(f.path.endswith(".png") for f in figures)
+    assert parent.data.tags["strokelens.best_trial_run"] == result.best_run_id
+    assert parent.data.metrics["best_val_dice"] == pytest.approx(result.best_value)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_trial.json", "checkpoint"}
+
+
+def test_same_study_resumes_and_a_new_direction_is_refused(isles_dir, workdir):
+    run_search(_settings(isles_dir, workdir, trials=1))
+    run_search(_settings(isles_dir, workdir, trials=1))
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir}/optuna.db")
+    assert [t.number for t in study.trials] == [0, 1]
+    optuna.create_study(study_name="other", storage=f"sqlite:///{workdir}/optuna.db", direction="minimize")
+    with pytest.raises(ParameterError, match="study 'other'.*minimize"):
+        run_search(_settings(isles_dir, workdir, study="other"))
+
+
+def test_crash_and_ctrl_c_mark_the_trial_failed_and_the_study_resumable(isles_dir, workdir, monkeypatch):
+    real_fit = search.fit
+    calls = {"n": 0}
+
+    def crashing_fit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated crash")
+        on_epoch = kwargs["on_epoch"]
+
+        def interrupt(epoch, row):
+            on_epoch(epoch, row)
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch": interrupt})
+
+    monkeypatch.setattr(search, "fit", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(_settings(isles_dir, workdir))
+    client, runs = _runs(workdir)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs} == {"FAILED"}
+    assert sorted(r.data.tags.get("strokelens.state", "-") for r in runs) == ["-", "failed", "failed"]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir}/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    monkeypatch.setattr(search, "fit", real_fit)
+    run_search(_settings(isles_dir, workdir, trials=1))
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir}/optuna.db")
+    retry = study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.user_attrs["retry_of"] == 1 and retry.user_attrs["resume_checkpoint"].endswith("last.pt")
+
+
+def test_no_usable_case_is_an_error_before_any_run(tmp_path, workdir):
+    (tmp_path / "training_1").mkdir()
+    with pytest.raises(DataError):
+        run_search(_settings(tmp_path, workdir))
+    assert not (workdir / "mlflow.db").exists() or not _runs(workdir)[1]
+
+
+def _train_cli(workdir, *args):
+    return subprocess.run([sys.executable, "-m", "mlproject.train", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--profile", "huge"], "profile 'huge' is unknown"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--trials", "0"], "trials must be at least 1"),
+    (["--storage", "notaurl"], "storage 'notaurl'"),
+    (["--architectures", "vnet"], "architecture 'vnet' is unknown"),
+])
+def test_train_cli_bad_parameters(isles_dir, workdir, args, needle):
+    result = _train_cli(workdir, "--data", str(isles_dir), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    if (workdir / "mlflow.db").exists():
+        assert not [r for r in _runs(workdir)[1] if r.info.status == "RUNNING"]
+
+
+def test_two_workers_share_one_study(isles_dir, workdir):
+    args = ["--data", str(isles_dir), "--trials", "1", "--epochs", "1", "--study", "shared",
+            "--storage", f"sqlite:///{workdir}/optuna.db", "--experiment", "e", "--device", "cpu",
+            "--architectures", "segresnet3d", "--widths", "0.0625"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen([sys.executable, "-m", "mlproject.train", *args, "--seed", str(i)], cwd=workdir,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{workdir}/optuna.db")
+    assert sorted(t.number for t in study.trials) == [0, 1]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    _, runs = _runs(workdir)
+    assert sum(r.data.tags.get("strokelens.kind") == "search" for r in runs) == 2

@@ -1,0 +1,169 @@
+"""MLflow conventions: store, experiment, run names, tags, and what each run logs.
+
+This is the only module that knows MLflow's names and the run structure:
+
+* store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` (the file store is
+  refused by MLflow 3). The database is created under a file lock before any worker uses it,
+  because concurrent first migrations crash.
+* a search is one parent run (``search-<study>``, tag ``strokelens.kind=search``) with one
+  nested child run per Optuna trial (``trial-<NNN>-<architecture>``, ``strokelens.kind=trial``,
+  ``strokelens.state`` = complete / pruned / failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from benchmark.errors import ParameterError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "strokelens"
+
+TAG_KIND = "strokelens.kind"
+TAG_STUDY = "strokelens.study"
+TAG_STATE = "strokelens.state"
+TAG_TRIAL = "strokelens.trial"
+TAG_ARCHITECTURE = "strokelens.architecture"
+TAG_PROFILE = "strokelens.profile"
+TAG_BEST_RUN = "strokelens.best_trial_run"
+
+STATE_COMPLETE, STATE_PRUNED, STATE_FAILED = "complete", "pruned", "failed"
+
+CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
+"""Where a trial run keeps its best weights (state_dict + build config, ``weights_only``)."""
+PREPROCESS_ARTIFACT = "checkpoint/preprocess.json"
+"""The preprocessing settings the weights expect."""
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite default."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the store, create it and the experiment once; returns the experiment id.
+
+    Raises:
+        ParameterError: the store cannot be opened.
+    """
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _store_lock(uri):
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    except Exception as exc:
+        raise ParameterError(f"cannot open the MLflow store '{uri}' ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}): set MLFLOW_TRACKING_URI "
+                             "to a reachable store, e.g. sqlite:///mlflow.db") from exc
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def search_run_name(study: str) -> str:
+    """Name of the parent run of a search."""
+    return f"search-{study}"
+
+
+def trial_run_name(number: int, architecture: str) -> str:
+    """Name of a trial's nested run."""
+    return f"trial-{number:03d}-{architecture}"
+
+
+@contextlib.contextmanager
+def search_run(study: str, params: dict, profile: str) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one search invocation; FAILED if the block raises (Ctrl-C included)."""
+    with mlflow.start_run(run_name=search_run_name(study)) as run:
+        mlflow.set_tags({TAG_KIND: "search", TAG_STUDY: study, TAG_PROFILE: profile})
+        mlflow.log_params(params)
+        yield run
+
+
+@contextlib.contextmanager
+def trial_run(study: str, number: int, architecture: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """A nested child run for one trial; its state tag is ``failed`` unless set otherwise."""
+    with mlflow.start_run(run_name=trial_run_name(number, architecture), nested=True) as run:
+        mlflow.set_tags({TAG_KIND: "trial", TAG_STUDY: study, TAG_TRIAL: str(number),
+                         TAG_ARCHITECTURE: architecture, TAG_STATE: STATE_FAILED})
+        mlflow.log_params(params)
+        yield run
+
+
+def set_state(state: str) -> None:
+    """Tag the active run with its trial state (complete / pruned / failed)."""
+    mlflow.set_tag(TAG_STATE, state)
+
+
+def log_epoch(row: dict) -> None:
+    """Log one epoch's metrics (``train_loss``, ``val_dice``, …) at ``step = epoch``."""
+    metrics = {k: float(v) for k, v in row.items() if k != "epoch"}
+    mlflow.log_metrics(metrics, step=int(row["epoch"]))
+
+
+def log_summary(metrics: dict) -> None:
+    """Log final values (no step) on the active run."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+
+def log_checkpoint(checkpoint: Path, preprocess: dict) -> None:
+    """Log the best weights and the preprocessing settings as the run's checkpoint artifacts."""
+    mlflow.log_artifact(str(checkpoint), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+    mlflow.log_dict(preprocess, PREPROCESS_ARTIFACT)
+
+
+def log_figures(paths: list[Path], folder: str = "figures") -> None:
+    """Log PNG files under ``folder``."""
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_best_trial(run_id: str, number: int, params: dict, metrics: dict) -> None:
+    """Give the parent run the best trial's metrics, parameters and a pointer to its run."""
+    mlflow.set_tag(TAG_BEST_RUN, run_id)
+    mlflow.log_metrics({f"best_{k}": float(v) for k, v in metrics.items()})
+    mlflow.log_dict({"run_id": run_id, "trial": number, "params": params, "metrics": metrics},
+                    "best_trial.json")
+
+
+def latest_best_trial_run(experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """The run id of the best trial recorded by the latest finished search, or None."""
+    client = MlflowClient(tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = 'search'",
+                              order_by=["attributes.start_time DESC"], max_results=20)
+    for run in runs:
+        best = run.data.tags.get(TAG_BEST_RUN)
+        if best:
+            return best
+    return None
+
+
+def dumps(value) -> str:
+    """JSON for a tag or parameter value."""
+    return json.dumps(value, sort_keys=True)
