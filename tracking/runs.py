@@ -5,6 +5,8 @@ This is the only module that knows MLflow's names and the run structure:
 * store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` (the file store is
   refused by MLflow 3). The database is created under a file lock before any worker uses it,
   because concurrent first migrations crash.
+* inside ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's run is the parent and its
+  experiment is used; elsewhere the experiment is the ``experiment`` argument.
 * a search is one parent run (``search-<study>``, tag ``strokelens.kind=search``) with one
   nested child run per Optuna trial (``trial-<NNN>-<architecture>``, ``strokelens.kind=trial``,
   ``strokelens.state`` = complete / pruned / failed).
@@ -80,6 +82,9 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
         raise ParameterError(f"cannot open the MLflow store '{uri}' ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}): set MLFLOW_TRACKING_URI "
                              "to a reachable store, e.g. sqlite:///mlflow.db") from exc
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run:  # inside `mlflow run`: its run becomes the parent, in its experiment
+        experiment_id = MlflowClient(uri).get_run(project_run).info.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -98,9 +103,27 @@ def trial_run_name(number: int, architecture: str) -> str:
 def search_run(study: str, params: dict, profile: str) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one search invocation; FAILED if the block raises (Ctrl-C included)."""
     with mlflow.start_run(run_name=search_run_name(study)) as run:
-        mlflow.set_tags({TAG_KIND: "search", TAG_STUDY: study, TAG_PROFILE: profile})
-        mlflow.log_params(params)
+        mlflow.set_tags({TAG_KIND: "search", TAG_STUDY: study, TAG_PROFILE: profile,
+                         "mlflow.runName": search_run_name(study)})
+        log_params_once(params)
         yield run
+
+
+def log_params_once(params: dict) -> None:
+    """Log parameters on the active run without clashing with `mlflow run`'s own.
+
+    A key that `mlflow run` already logged with another value (``trials=auto`` → 6) is logged
+    again as ``resolved_<key>``.
+    """
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {}
+    for key, value in params.items():
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] != str(value):
+            fresh[f"resolved_{key}"] = value
+    if fresh:
+        mlflow.log_params(fresh)
 
 
 @contextlib.contextmanager
