@@ -174,17 +174,7 @@ class InputLens(nn.Module):
         return self.gate(x, self.sigmoid(self.conv(x)))
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Zero-pad D, H, W at their ends up to a multiple; returns the padded tensor and the size."""
-    size = tuple(x.shape[2:])
-    pads = []
-    for n in reversed(size):
-        pads += [0, (-n) % multiple]
-    if any(pads):
-        x = F.pad(x, pads)
-    return x, size  # type: ignore[return-value]
-
-
-def crop_to(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """Crop D, H, W back to ``size`` (undoes :func:`pad_to_multiple`)."""
-    return x[:, :, : size[0], : size[1], : size[2]]
+def crop_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Crop D, H, W of an upsampled tensor to the size of its skip tensor (odd grids round up)."""
+    d, h, w = reference.shape[2:]
+    return x[:, :, :d, :h, :w]

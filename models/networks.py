@@ -1,7 +1,9 @@
 """3-D segmentation networks: the seed's U-Net and the families users compare it with.
 
-All take (N, C, D, H, W) float32 of any spatial size (inputs are zero-padded to a multiple of 8
-inside and the output cropped back) and return (N, out_channels, D, H, W) logits.
+All take (N, C, D, H, W) float32 of any spatial size and return (N, out_channels, D, H, W) logits:
+down-sampling rounds odd sizes up (``ceil_mode`` pooling, stride-2 convolutions with padding) and
+each up-sampled tensor is cropped to its skip tensor, so nothing is padded. (Padding the input
+would hand part of the relevance to padded voxels, which are not data.)
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from models.blocks import (
     PreActResidualBlock,
     ResidualBlock,
     conv3,
-    crop_to,
-    pad_to_multiple,
+    crop_like,
 )
 
 SEED_FEATURES = (32, 64, 128, 256, 512)
@@ -37,7 +38,7 @@ class UNet3D(nn.Module):
     Encoder: level blocks ``in→f0→f1``, ``f1→f1→f2``, ``f2→f2→f3`` each followed by 2×2×2 max
     pooling, bottom ``f3→f3→f4``. Decoder: 2×2×2 transposed convolution (same channels), skip
     concatenation (through an attention gate if asked), block ``(up + skip)→skip→skip``; a
-    1×1×1 convolution gives the logits. Input size: any (padded to a multiple of 8).
+    1×1×1 convolution gives the logits. Input size: any.
 
     Args:
         in_channels: input modalities C.
@@ -62,7 +63,7 @@ class UNet3D(nn.Module):
         self.lens = InputLens(in_channels) if lens else nn.Identity()
         self.encoders = nn.ModuleList([make(in_channels, f[0], f[1]), make(f[1], f[1], f[2]),
                                        make(f[2], f[2], f[3])])
-        self.pools = nn.ModuleList([nn.MaxPool3d(2) for _ in range(3)])
+        self.pools = nn.ModuleList([nn.MaxPool3d(2, ceil_mode=True) for _ in range(3)])
         self.bottom = make(f[3], f[3], f[4])
         skips, coarse = (f[1], f[2], f[3]), (f[2], f[3], f[4])
         self.ups = nn.ModuleList([nn.ConvTranspose3d(c, c, 2, stride=2) for c in coarse])
@@ -74,7 +75,6 @@ class UNet3D(nn.Module):
         self.attention = attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 8)
         x = self.lens(x)
         skips = []
         for encoder, pool in zip(self.encoders, self.pools):
@@ -84,8 +84,9 @@ class UNet3D(nn.Module):
         x = self.bottom(x)
         for level in reversed(range(3)):
             skip = self.gates[level](skips[level], x) if self.attention else skips[level]
-            x = self.decoders[level](self.concats[level](self.ups[level](x), skip))
-        return crop_to(self.head(x), size)
+            up = crop_like(self.ups[level](x), skip)
+            x = self.decoders[level](self.concats[level](up, skip))
+        return self.head(x)
 
 
 class SegResNet3D(nn.Module):
@@ -94,7 +95,7 @@ class SegResNet3D(nn.Module):
     Stem 3×3×3 convolution to ``f``; four stages of pre-activation residual blocks at ``f, 2f, 4f,
     8f`` channels joined by stride-2 convolutions; the decoder upsamples with 2×2×2 transposed
     convolutions, adds the encoder's skip and refines with a residual block; BN → ReLU → 1×1×1
-    convolution gives the logits. Input size: any (padded to a multiple of 8).
+    convolution gives the logits. Input size: any.
 
     Args:
         in_channels: input modalities C.
@@ -124,7 +125,6 @@ class SegResNet3D(nn.Module):
         self.head = nn.Sequential(nn.BatchNorm3d(f), nn.ReLU(), nn.Conv3d(f, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 8)
         x = self.stem(x)
         skips = []
         for down, stage in zip(self.downs, self.stages):
@@ -132,5 +132,6 @@ class SegResNet3D(nn.Module):
             skips.append(x)
         x = skips.pop()
         for level in reversed(range(3)):
-            x = self.refines[level](self.adds[level](self.ups[level](x), skips[level]))
-        return crop_to(self.head(x), size)
+            up = crop_like(self.ups[level](x), skips[level])
+            x = self.refines[level](self.adds[level](up, skips[level]))
+        return self.head(x)

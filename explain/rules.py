@@ -1,0 +1,302 @@
+"""LRP rules: small objects of settings that one generic mechanism applies.
+
+A rule turns the relevance ``R`` at a module's output into relevance at its inputs. Linear
+layers (``Conv3d``, ``ConvTranspose3d``, interpolation) share one formula: a rule is a list of
+*groups*, each a coefficient and *terms* (an input modifier and a parameter modifier)::
+
+    z_g   = Σ_t sign_t · f(in_t(x); θ_t)              (f: the layer with modified parameters)
+    R_in  = Σ_g coef_g · Σ_t sign_t · in_t(x) ⊙ J_tᵀ (R / stab(z_g))
+
+where ``J_tᵀ`` is the layer's adjoint (the input gradient) with parameters ``θ_t`` and
+``stab(z) = z + ε·sign(z)`` (sign(0) = 1). With that, the usual rules read:
+
+* ε (``Epsilon``): one term (x; W, b).
+* z⁺ (``ZPlus``): (x⁺; W⁺) + (x⁻; W⁻), no bias: only positive contributions count (outputs
+  without any positive contribution fall back to their negative ones, which conserves relevance).
+* z^B (``ZBox``, bounds l ≤ x ≤ h): (x; W) − (l; W⁺) − (h; W⁻).
+  ``ZBox(seed_published=True)`` is the seed's published variant: (x; W) − (l; W⁺) − (h; W⁺),
+  i.e. max(0, W) where z^B needs min(0, W).
+* γ (``Gamma``): (x⁺; W + γW⁺) + (x⁻; W + γW⁻), bias b + γb⁺.
+* α-β (``AlphaBeta``): α·[positive group (x⁺; W⁺) + (x⁻; W⁻)] − β·[negative group (x⁺; W⁻) + (x⁻; W⁺)].
+* flat (``Flat``): (1; 1): relevance spread evenly over the receptive field.
+* w² (``WSquare``): (1; W²).
+
+Non-linear and combining modules have rules of their own: ``Pass`` (activations, BatchNorm that
+was not merged: R_in = R), ``Norm`` for sums (R_k = x_k / stab(Σ x) · R: residual additions
+split relevance in proportion to their contributions), ``SignalTakesAll`` for gates
+(``signal × gate``: R_signal = R, R_gate = 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + ε·sign(z)`` with sign(0) = 1, so the division never explodes."""
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+# ---------------------------------------------------------------- layer forward and adjoint
+def layer_forward(module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The module's linear map with replaced parameters (parameter-free modules: as they are)."""
+    if isinstance(module, nn.Conv3d):
+        return F.conv3d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+    if isinstance(module, nn.ConvTranspose3d):
+        return F.conv_transpose3d(x, weight, bias, module.stride, module.padding, module.output_padding,
+                                  module.groups, module.dilation)
+    raise TypeError(f"no linear forward for {type(module).__name__}")
+
+
+def layer_adjoint(module: nn.Module, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+    """Jᵀ s: the input gradient of the module's linear map with parameters ``weight``."""
+    if isinstance(module, nn.Conv3d):
+        shape = (s.shape[0], *input_shape[1:])
+        return torch.nn.grad.conv3d_input(shape, weight, s, module.stride, module.padding,
+                                          module.dilation, module.groups)
+    if isinstance(module, nn.ConvTranspose3d):
+        return F.conv3d(s, weight, None, module.stride, module.padding, module.dilation, module.groups)
+    raise TypeError(f"no adjoint for {type(module).__name__}")
+
+
+def has_weights(module: nn.Module) -> bool:
+    """True for the layers whose parameters the rules modify."""
+    return isinstance(module, nn.Conv3d | nn.ConvTranspose3d)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One ``sign · f(in(x); θ)`` of a rule (see the module docstring)."""
+
+    sign: float
+    inputs: Callable[[Tensor], Tensor]
+    weight: Callable[[Tensor], Tensor]
+    bias: Callable[[Tensor | None], Tensor | None]
+
+
+def _identity(t):
+    return t
+
+
+def _no_bias(b):
+    return None
+
+
+def _positive(t):
+    return t.clamp(min=0)
+
+
+def _negative(t):
+    return t.clamp(max=0)
+
+
+class Rule:
+    """Base class: turns output relevance into relevance for each input (None: no relevance)."""
+
+    name = "rule"
+
+    def relevance(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance: Tensor,
+                  cache: dict) -> tuple[Tensor | None, ...]:
+        """Relevance of each input, given the module's stored inputs, output and output relevance."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LinearRule(Rule):
+    """The generic linear-layer rule: groups of terms (see the module docstring).
+
+    Args:
+        groups: ``[(coefficient, [Term, …]), …]``.
+        epsilon: stabiliser ε of the denominators.
+        use_output: the single group equals the layer's own output (ε rule): reuse it.
+        fallback: the second group only takes the outputs whose first-group ``z`` is zero (within
+            ε); the first group takes the others (z⁺ with a conserving fallback).
+    """
+
+    def __init__(self, groups: list[tuple[float, list[Term]]], epsilon: float = 1e-9, use_output: bool = False,
+                 fallback: bool = False):
+        self.groups = groups
+        self.epsilon = epsilon
+        self.use_output = use_output
+        self.fallback = fallback
+
+    def relevance(self, module, inputs, output, relevance, cache):
+        x = inputs[0]
+        if not has_weights(module):
+            return (self._parameter_free(module, inputs, output, relevance, cache),) + (None,) * (len(inputs) - 1)
+        total = None
+        for g, (coefficient, terms) in enumerate(self.groups):
+            prepared = cache.get(g)
+            if prepared is None:  # modified inputs, weights and z are shared by every backward pass
+                mods = [(t.sign, t.inputs(x), t.weight(module.weight)) for t in terms]
+                if self.use_output:
+                    z = output
+                else:
+                    z = sum(sign * layer_forward(module, xm, w, t.bias(module.bias))
+                            for (sign, xm, w), t in zip(mods, terms, strict=True))
+                share = None
+                if self.fallback:  # group 0 takes outputs with z ≠ 0, group 1 the rest
+                    dead = ~cache[0][2] if g else z.abs() <= self.epsilon
+                    share = dead if g else ~dead
+                    if g and not dead.any():
+                        break
+                prepared = cache[g] = (mods, stabilize(z, self.epsilon), share)
+            mods, z, share = prepared
+            s = relevance / z if share is None else torch.where(share, relevance / z, 0.0)
+            part = sum(sign * xm * layer_adjoint(module, s, w, x.shape) for sign, xm, w in mods)
+            part = part * coefficient if coefficient != 1 else part
+            total = part if total is None else total + part
+        return (total,)
+
+    def _parameter_free(self, module, inputs, output, relevance, cache):
+        """z-rule through a parameter-free linear module (interpolation, pooling by averaging)."""
+        x = inputs[0]
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            z = module.forward(xg, *inputs[1:])  # no hooks: this is the rule itself
+            s = relevance / stabilize(z.detach(), self.epsilon)
+            (gradient,) = torch.autograd.grad(z, xg, s)
+        return x * gradient
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(epsilon={self.epsilon})"
+
+
+class Epsilon(LinearRule):
+    """LRP-ε: ``R_i = Σ_j x_i w_ij / stab(z_j) · R_j`` with the layer's bias in ``z_j``."""
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6):
+        super().__init__([(1.0, [Term(1.0, _identity, _identity, _identity)])], epsilon, use_output=True)
+
+
+class ZPlus(LinearRule):
+    """LRP-z⁺: only positive contributions ``x⁺W⁺ + x⁻W⁻`` (no bias).
+
+    An output with no positive contribution at all (possible when inputs are mixed-sign, e.g.
+    after LeakyReLU) sends its relevance back along its negative contributions
+    ``x⁺W⁻ + x⁻W⁺`` instead, so relevance is conserved.
+    """
+
+    name = "zplus"
+
+    def __init__(self, epsilon: float = 1e-9):
+        super().__init__([(1.0, [Term(1.0, _positive, _positive, _no_bias),
+                                 Term(1.0, _negative, _negative, _no_bias)]),
+                          (1.0, [Term(1.0, _positive, _negative, _no_bias),
+                                 Term(1.0, _negative, _positive, _no_bias)])], epsilon, fallback=True)
+
+
+class ZBox(LinearRule):
+    """LRP-z^B for inputs bounded by [low, high] (the first layer); no bias.
+
+    Args:
+        low: lower bound l of the inputs (e.g. 0 after min-max normalisation).
+        high: upper bound h.
+        seed_published: the seed's published sign variant (max(0, W) for the ``h`` term).
+    """
+
+    name = "zbox"
+
+    def __init__(self, low: float = 0.0, high: float = 1.0, seed_published: bool = False, epsilon: float = 1e-9):
+        self.low, self.high, self.seed_published = low, high, seed_published
+        high_weight = _positive if seed_published else _negative
+        super().__init__([(1.0, [Term(1.0, _identity, _identity, _no_bias),
+                                 Term(-1.0, lambda x: torch.full_like(x, low), _positive, _no_bias),
+                                 Term(-1.0, lambda x: torch.full_like(x, high), high_weight, _no_bias)])],
+                         epsilon)
+
+    def __repr__(self) -> str:
+        return f"ZBox(low={self.low}, high={self.high}, seed_published={self.seed_published})"
+
+
+class Gamma(LinearRule):
+    """LRP-γ: positive contributions amplified by γ: (x⁺; W + γW⁺) + (x⁻; W + γW⁻)."""
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
+        self.gamma = gamma
+        super().__init__([(1.0, [
+            Term(1.0, _positive, lambda w: w + gamma * w.clamp(min=0),
+                 lambda b: None if b is None else b + gamma * b.clamp(min=0)),
+            Term(1.0, _negative, lambda w: w + gamma * w.clamp(max=0), _no_bias)])], epsilon)
+
+    def __repr__(self) -> str:
+        return f"Gamma(gamma={self.gamma})"
+
+
+class AlphaBeta(LinearRule):
+    """LRP-αβ: ``α R⁺ − β R⁻`` with positive and negative contributions normalised apart (α − β = 1)."""
+
+    name = "alphabeta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-9):
+        if abs(alpha - beta - 1.0) > 1e-9:
+            raise ValueError(f"alpha - beta must be 1 (got alpha={alpha}, beta={beta})")
+        self.alpha, self.beta = alpha, beta
+        positive = [Term(1.0, _positive, _positive, _no_bias), Term(1.0, _negative, _negative, _no_bias)]
+        negative = [Term(1.0, _positive, _negative, _no_bias), Term(1.0, _negative, _positive, _no_bias)]
+        super().__init__([(alpha, positive), (-beta, negative)], epsilon)
+
+    def __repr__(self) -> str:
+        return f"AlphaBeta(alpha={self.alpha}, beta={self.beta})"
+
+
+class Flat(LinearRule):
+    """LRP-flat: relevance spread evenly over each output's receptive field (inputs and weights 1)."""
+
+    name = "flat"
+
+    def __init__(self, epsilon: float = 1e-9):
+        super().__init__([(1.0, [Term(1.0, torch.ones_like, torch.ones_like, _no_bias)])], epsilon)
+
+
+class WSquare(LinearRule):
+    """LRP-w²: relevance in proportion to squared weights (inputs 1)."""
+
+    name = "wsquare"
+
+    def __init__(self, epsilon: float = 1e-9):
+        super().__init__([(1.0, [Term(1.0, torch.ones_like, lambda w: w * w, _no_bias)])], epsilon)
+
+
+class Pass(Rule):
+    """Relevance passes unchanged (activations, unmerged BatchNorm, sigmoid)."""
+
+    name = "pass"
+
+    def relevance(self, module, inputs, output, relevance, cache):
+        return (relevance,) + (None,) * (len(inputs) - 1)
+
+
+class Norm(Rule):
+    """Sums: ``R_k = x_k / stab(Σ_k x_k) · R`` (residual additions split proportionally)."""
+
+    name = "norm"
+
+    def __init__(self, epsilon: float = 1e-9):
+        self.epsilon = epsilon
+
+    def relevance(self, module, inputs, output, relevance, cache):
+        s = relevance / stabilize(output, self.epsilon)
+        return tuple(x * s for x in inputs)
+
+
+class SignalTakesAll(Rule):
+    """Gates ``signal × gate``: all relevance goes to the signal, none to the gate."""
+
+    name = "signal_takes_all"
+
+    def relevance(self, module, inputs, output, relevance, cache):
+        return (relevance,) + (None,) * (len(inputs) - 1)
