@@ -65,3 +65,25 @@ def overlay_figures(model: nn.Module, cases: Sequence[PreparedCase], folder: Pat
         paths.append(overlay_png(Path(folder) / f"{case.case_id}_overlay.png", case.image[channel, z],
                                  None if truth is None else truth[z], prediction[z], title))
     return paths
+
+
+def relevance_png(path: Path, background: np.ndarray, relevance: np.ndarray, lesion: np.ndarray | None,
+                  title: str) -> Path:
+    """Relevance over a grey modality slice, lesion contour in green.
+
+    Red is positive, blue negative, on a symmetric scale; values under 2 % of the peak are hidden.
+    """
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.imshow(background, cmap="gray", origin="lower")
+    peak = float(np.abs(relevance).max()) or 1.0
+    shown = np.ma.masked_where(np.abs(relevance) < 0.02 * peak, relevance)
+    ax.imshow(shown, cmap="bwr", vmin=-peak, vmax=peak, alpha=0.7, origin="lower")
+    if lesion is not None and lesion.any():
+        ax.contour(lesion.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -166,6 +166,8 @@ class PreparedCase:
         native_shape: the native grid (D, H, W).
         spacing: native voxel size in mm, (D, H, W).
         affine: native voxel-to-world matrix.
+        evidence: (C, D, H, W) bool ground-truth evidence at the training grid (a voxel counts when
+            at least half of it is evidence), or None.
     """
 
     case_id: str
@@ -175,6 +177,7 @@ class PreparedCase:
     native_shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     affine: np.ndarray = field(repr=False)
+    evidence: np.ndarray | None = field(default=None, repr=False)
 
 
 def prepare(case: Case, config: PreprocessConfig) -> PreparedCase:
@@ -189,8 +192,12 @@ def prepare(case: Case, config: PreprocessConfig) -> PreparedCase:
     label = None
     if case.label is not None:
         label = resample(case.label[None].astype(np.float32), config.grid_dhw)[0]
+    evidence = None
+    if case.evidence is not None:
+        channels = case.evidence[[names.index(m) for m in config.modalities]].astype(np.float32)
+        evidence = resample(channels, config.grid_dhw) >= 0.5
     return PreparedCase(case.case_id, image.astype(np.float32), label, case.label, case.shape,
-                        case.spacing, case.affine)
+                        case.spacing, case.affine, evidence)
 
 
 def to_native(probability: np.ndarray | torch.Tensor, native_shape: Sequence[int]) -> np.ndarray:

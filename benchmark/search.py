@@ -254,6 +254,8 @@ class Objective:
         hp = suggest_hparams(trial, self.s.profile)
         folder = self.s.checkpoints / self.s.study / f"trial_{trial.number:04d}"
         trial.set_user_attr("last_checkpoint", str(folder / "last.pt"))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "preprocess.json").write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
         resume = trial.user_attrs.get("resume_checkpoint")
         params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
                   "grid": "x".join(map(str, self.preprocess.grid)), "seed": self.s.seed,

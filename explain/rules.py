@@ -13,12 +13,12 @@ where ``J_tᵀ`` is the layer's adjoint (the input gradient) with parameters ``�
 * ε (``Epsilon``): one term (x; W, b).
 * z⁺ (``ZPlus``): (x⁺; W⁺) + (x⁻; W⁻), no bias: only positive contributions count (outputs
   without any positive contribution fall back to their negative ones, which conserves relevance).
-* z^B (``ZBox``, bounds l ≤ x ≤ h): (x; W) − (l; W⁺) − (h; W⁻).
+* z^B (``ZBox``, bounds l ≤ x ≤ h; [0, 0] where every channel is 0): (x; W) − (l; W⁺) − (h; W⁻).
   ``ZBox(seed_published=True)`` is the seed's published variant: (x; W) − (l; W⁺) − (h; W⁺),
   i.e. max(0, W) where z^B needs min(0, W).
 * γ (``Gamma``): (x⁺; W + γW⁺) + (x⁻; W + γW⁻), bias b + γb⁺.
 * α-β (``AlphaBeta``): α·[positive group (x⁺; W⁺) + (x⁻; W⁻)] − β·[negative group (x⁺; W⁻) + (x⁻; W⁺)].
-* flat (``Flat``): (1; 1): relevance spread evenly over the receptive field.
+* flat (``Flat``): (1; 1) on data voxels: relevance spread evenly over the receptive field.
 * w² (``WSquare``): (1; W²).
 
 Non-linear and combining modules have rules of their own: ``Pass`` (activations, BatchNorm that
@@ -197,8 +197,16 @@ class ZPlus(LinearRule):
                                  Term(1.0, _negative, _positive, _no_bias)])], epsilon, fallback=True)
 
 
+def data_mask(x: Tensor) -> Tensor:
+    """(N, 1, D, H, W): 1 where any input channel is non-zero (inside the skull-stripped brain)."""
+    return (x != 0).any(dim=1, keepdim=True).to(x.dtype)
+
+
 class ZBox(LinearRule):
     """LRP-z^B for inputs bounded by [low, high] (the first layer); no bias.
+
+    Voxels where every input channel is 0 (outside the skull-stripped brain) can take no other
+    value, so their bounds are [0, 0] and they receive no relevance.
 
     Args:
         low: lower bound l of the inputs (e.g. 0 after min-max normalisation).
@@ -212,8 +220,8 @@ class ZBox(LinearRule):
         self.low, self.high, self.seed_published = low, high, seed_published
         high_weight = _positive if seed_published else _negative
         super().__init__([(1.0, [Term(1.0, _identity, _identity, _no_bias),
-                                 Term(-1.0, lambda x: torch.full_like(x, low), _positive, _no_bias),
-                                 Term(-1.0, lambda x: torch.full_like(x, high), high_weight, _no_bias)])],
+                                 Term(-1.0, lambda x: low * data_mask(x).expand_as(x), _positive, _no_bias),
+                                 Term(-1.0, lambda x: high * data_mask(x).expand_as(x), high_weight, _no_bias)])],
                          epsilon)
 
     def __repr__(self) -> str:
@@ -254,12 +262,16 @@ class AlphaBeta(LinearRule):
 
 
 class Flat(LinearRule):
-    """LRP-flat: relevance spread evenly over each output's receptive field (inputs and weights 1)."""
+    """LRP-flat: relevance spread evenly over each output's receptive field (weights 1).
+
+    Inputs are 1 on data voxels and 0 where every channel is 0 (outside the brain).
+    """
 
     name = "flat"
 
     def __init__(self, epsilon: float = 1e-9):
-        super().__init__([(1.0, [Term(1.0, torch.ones_like, torch.ones_like, _no_bias)])], epsilon)
+        super().__init__([(1.0, [Term(1.0, lambda x: data_mask(x).expand_as(x), torch.ones_like, _no_bias)])],
+                         epsilon)
 
 
 class WSquare(LinearRule):

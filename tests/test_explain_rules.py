@@ -60,8 +60,9 @@ def _dense(layer, x, relevance, rule, eps):
         dead = contrib.sum(1).abs() <= eps  # no positive contribution: fall back to the negative ones
         contrib = torch.where(dead[:, None], mn * xp + mp * xn, contrib)
         return (contrib * (r / _stab(contrib.sum(1), eps))[:, None]).sum(0)
+    data = (x[0] != 0).any(0).reshape(-1).repeat(x.shape[1]).to(x.dtype)  # per input element
     if rule == "zbox":
-        contrib = m * xv - mp * (-0.5) - mn * 1.5  # bounds l = -0.5, h = 1.5
+        contrib = m * xv - mp * (-0.5 * data) - mn * (1.5 * data)  # bounds l = -0.5, h = 1.5 on data
         return (contrib * (r / _stab(contrib.sum(1), eps))[:, None]).sum(0)
     if rule == "gamma":
         g = 0.25
@@ -72,7 +73,7 @@ def _dense(layer, x, relevance, rule, eps):
         return (2 * pos * (r / _stab(pos.sum(1), eps))[:, None]).sum(0) - \
             (neg * (r / _stab(neg.sum(1), eps))[:, None]).sum(0)
     if rule == "flat":
-        ones = _matrix(_with_weight(layer, torch.ones_like(w)), shape)
+        ones = _matrix(_with_weight(layer, torch.ones_like(w)), shape) * data
         return (ones * (r / _stab(ones.sum(1), eps))[:, None]).sum(0)
     if rule == "wsquare":
         sq = _matrix(_with_weight(layer, w * w), shape)
@@ -98,6 +99,7 @@ def test_rule_equals_dense_reference(rule, layer_name):
     with torch.no_grad():
         layer.bias.normal_()
     x = torch.randn(1, 2, 3, 4, 4)
+    x[..., 0, 0] = 0.0  # voxels outside the data: no z^B bounds, no flat input
     factory, eps = RULES[rule]
     model = nn.Sequential(layer)
     composite = Composite([(by_type(nn.Conv3d, nn.ConvTranspose3d), factory)])

@@ -190,3 +190,86 @@ def latest_best_trial_run(experiment: str = DEFAULT_EXPERIMENT) -> str | None:
 def dumps(value) -> str:
     """JSON for a tag or parameter value."""
     return json.dumps(value, sort_keys=True)
+
+
+def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple[Path, dict | None, str | None]:
+    """Find a trained model's checkpoint from what a user gives.
+
+    Args:
+        reference: ``""`` (the best trial of the latest search), an MLflow run id or
+            ``runs:/<id>``, ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (the
+            version's source run), or a path to a ``.pt`` checkpoint (``preprocess.json`` beside
+            it is used when present).
+        experiment: where to look for the latest search.
+
+    Returns:
+        (local checkpoint path, preprocessing settings or None, run id or None).
+
+    Raises:
+        ParameterError: the reference does not resolve.
+    """
+    import mlflow.artifacts
+
+    client = MlflowClient(tracking_uri())
+    path = Path(reference)
+    if reference and (path.suffix == ".pt" or path.exists()):
+        if not path.is_file():
+            raise ParameterError(f"model checkpoint '{reference}' does not exist: give a .pt written by training")
+        sidecar = path.with_name("preprocess.json")
+        return path, json.loads(sidecar.read_text()) if sidecar.is_file() else None, None
+    run_id = reference
+    try:
+        if not reference:
+            run_id = latest_best_trial_run(experiment)
+            if run_id is None:
+                raise ParameterError(f"no finished search in MLflow experiment '{experiment}' ({tracking_uri()}): "
+                                     "run mlflow run . -e train first or pass model=<run id | models:/… | .pt>")
+        elif reference.startswith("runs:/"):
+            run_id = reference[len("runs:/"):].split("/")[0]
+        elif reference.startswith("models:/"):
+            spec = reference[len("models:/"):]
+            if "@" in spec:
+                name, alias = spec.split("@", 1)
+                run_id = client.get_model_version_by_alias(name, alias).run_id
+            else:
+                name, version = spec.rsplit("/", 1)
+                run_id = client.get_model_version(name, version).run_id
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
+                                                          tracking_uri=tracking_uri()))
+    except ParameterError:
+        raise
+    except Exception as exc:
+        raise ParameterError(f"model '{reference or run_id}' does not resolve ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}): give a run id with a checkpoint, "
+                             "a models:/ URI or a .pt path") from exc
+    checkpoint = folder / Path(CHECKPOINT_ARTIFACT).name
+    if not checkpoint.is_file():
+        raise ParameterError(f"run {run_id} has no {CHECKPOINT_ARTIFACT}: give a trial run of a search")
+    preprocess = folder / Path(PREPROCESS_ARTIFACT).name
+    return checkpoint, json.loads(preprocess.read_text()) if preprocess.is_file() else None, run_id
+
+
+@contextlib.contextmanager
+def explain_run(model_run: str | None, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one ``explain`` invocation; FAILED if the block raises."""
+    name = f"explain-{model_run[:8]}" if model_run else "explain"
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags({TAG_KIND: "explain", "mlflow.runName": name,
+                         "strokelens.model_run": model_run or ""})
+        log_params_once(params)
+        yield run
+
+
+@contextlib.contextmanager
+def explanation_run(method: str, filter_name: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one method × filter, so the MLflow UI compares them."""
+    with mlflow.start_run(run_name=f"{method}-{filter_name}", nested=True) as run:
+        mlflow.set_tags({TAG_KIND: "explanation", "strokelens.method": method, "strokelens.filter": filter_name})
+        mlflow.log_params(params)
+        yield run
+
+
+def log_artifacts(paths: list[Path], folder: str) -> None:
+    """Log files under an artifact folder of the active run."""
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=folder)
