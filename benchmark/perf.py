@@ -6,6 +6,10 @@ Speed targets are checked here, never in timed tests: medians over repeats, devi
 and peak memory per architecture at the seed grid 48×48×19; each architecture runs in a fresh
 process so its peak resident memory (CPU) or ``max_memory_allocated`` (CUDA) is its own. On a
 GPU, fp32 and mixed precision are compared.
+``lrp``: seconds of each explanation method against one gradient (forward + backward to the
+input, parameters frozen) on ``unet3d`` at the default width (0.25) and at full width, at
+48×48×19, medians over repeats; and the seed's filter sweep (raw + 10 pass + 5 clamp,
+layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×.
 """
 
 from __future__ import annotations
@@ -128,10 +132,64 @@ def bench_train(width: float = 0.25, grid_xyz=(48, 48, 19), batch: int = 2, step
             "width": width, "device": device, "results": rows}
 
 
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> dict:
+    """Explanation cost relative to one gradient (see the module docstring)."""
+    import torch
+
+    import explain
+    import models
+    from explain.attribution import frozen, target_mask
+    from explain.filters import seed_sweep
+
+    targets = {"lrp_epsilon": 1.5, "lrp_zplus": 1.5, "lrp_zplus_zbox": 1.5, "seed_published": 1.5,
+               "epsilon_plus_flat": 1.5, "epsilon_gamma_box": 2.5, "alpha2beta1": 2.5}
+    rows = []
+    for width in widths:
+        torch.manual_seed(0)
+        model = models.build("unet3d", 6, width=width).eval()
+        x = torch.rand(1, 6, grid_xyz[2], grid_xyz[1], grid_xyz[0])
+
+        def gradient(model=model, x=x):
+            with frozen(model):
+                xg = x.clone().requires_grad_(True)
+                logits = model(xg)
+                mask = target_mask(logits.detach())
+                torch.autograd.grad(logits[:, 1], xg, mask)
+
+        reference = _median_seconds(gradient, repeats)
+        row = {"architecture": "unet3d", "width": width, "parameters": models.parameter_count(model),
+               "gradient_s": reference, "methods": {}}
+        for method in explain.methods():
+            seconds = _median_seconds(lambda m=method, model=model, x=x: explain.attribute(model, x, m), repeats)
+            entry = {"seconds": seconds, "ratio_to_gradient": seconds / reference}
+            if method in targets:
+                entry["target_ratio"] = targets[method]
+                entry["meets_target"] = seconds / reference <= targets[method]
+            row["methods"][method] = entry
+        sweep = seed_sweep("layer")
+        single = row["methods"]["lrp_zplus_zbox"]["seconds"]
+        sweep_s = _median_seconds(lambda model=model, x=x, sweep=sweep: explain.lrp_sweep(
+            model, x, "lrp_zplus_zbox", sweep), max(1, repeats // 2))
+        row["seed_sweep"] = {"filters": len(sweep), "seconds": sweep_s, "ratio_to_one_lrp": sweep_s / single,
+                             "target_ratio": 4.0, "meets_target": sweep_s / single <= 4.0}
+        rows.append(row)
+    return {"benchmark": "lrp", "grid_xyz": list(grid_xyz), "repeats": repeats, "results": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)
-    parser.add_argument("what", choices=["synth", "train"])
+    parser.add_argument("what", choices=["synth", "train", "lrp"])
     parser.add_argument("--width", type=float, default=0.25, help="train: width multiplier")
     parser.add_argument("--steps", type=int, default=5, help="train: timed steps per architecture")
     parser.add_argument("--json", default="", help="write the result here too")
@@ -142,8 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         result = bench_synth(repeats=args.repeats)
-    else:
+    elif args.what == "train":
         result = bench_train(width=args.width, steps=args.steps)
+    else:
+        result = bench_lrp(repeats=args.repeats)
     result["device_info"] = device_info()
     text = json.dumps(result, indent=2)
     print(text)

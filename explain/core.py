@@ -11,6 +11,7 @@ parameter is restored when the ``with`` block ends, also on errors.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,9 @@ def _is_router(module: nn.Module) -> bool:
     return isinstance(module, Concat)
 
 
+_PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class BatchNormCanonizer:
     """Merge each eval-mode BatchNorm3d into the (transposed) convolution that feeds it alone.
 
@@ -164,7 +168,21 @@ class BatchNormCanonizer:
 
     @staticmethod
     def pairs(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Module, str, nn.Module]]:
-        """(conv name, conv, bn name, bn) where the BN's only input is the conv's unshared output."""
+        """(conv name, conv, bn name, bn) where the BN's only input is the conv's unshared output.
+
+        The trace runs once per model (and input rank); later calls reuse it.
+        """
+        key = (tuple(n for n, _ in model.named_modules()), example.dim())
+        cached = _PAIRS.get(model)
+        if cached is not None and cached[0] == key:
+            modules = dict(model.named_modules())
+            return [(c, modules[c], b, modules[b]) for c, b in cached[1]]
+        found_pairs = BatchNormCanonizer._trace(model, example)
+        _PAIRS[model] = (key, [(c, b) for c, _, b, _ in found_pairs])
+        return found_pairs
+
+    @staticmethod
+    def _trace(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Module, str, nn.Module]]:
         producers: dict[int, tuple[str, nn.Module]] = {}
         consumers: dict[int, int] = {}
         found = []

@@ -1,18 +1,21 @@
 """``mlflow run .`` / ``python -m mlproject.main``: the whole pipeline on one data folder.
 
 Today: synthetic data when no ``--data`` is given (generated once, then reused) → a summary of the
-data → the hyper-parameter search (``mlproject.train``); export, explanations and the report
+data → the hyper-parameter search (``mlproject.train``) → explanations of its best model
+(``mlproject.explain``, every method, unfiltered, two validation cases); export and the report
 join as their issues land. Every train flag passes through unchanged.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from benchmark.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, ensure_default_data
 from benchmark.search import describe, run_search
 from benchmark.summary import summarize_dataset
+from mlproject import explain
 from mlproject._cli import ArgumentParser, run
 from mlproject.train import settings_from_args
 from tracking.runs import tracking_uri
@@ -25,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=DEFAULT_CASES,
                         help="training cases of the synthetic default when it is generated")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the data and the search")
+    parser.add_argument("--explain-methods", default="all", help="methods explained after the search")
+    parser.add_argument("--explain-filters", default="raw", help="relevance filters of the explanations")
+    parser.add_argument("--explain-cases", default="2", help="validation cases explained")
     args, train_argv = parser.parse_known_args(argv)
     settings = settings_from_args(["--data", args.data, "--seed", str(args.seed), *train_argv])
     data = args.data
@@ -36,8 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     result = run_search(settings)
     print(describe(result))
+    if not result.best_run_id:
+        return 1
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; explain gets its own
+    explain.main(["--model", result.best_run_id, "--data", data, "--methods", args.explain_methods,
+                  "--filters", args.explain_filters, "--cases", args.explain_cases,
+                  "--experiment", settings.experiment, "--seed", str(args.seed)])
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
-    return 0 if result.best_run_id else 1
+    return 0
 
 
 if __name__ == "__main__":

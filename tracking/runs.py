@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,8 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    for name in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter, not the user's business
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         with _store_lock(uri):
             client = MlflowClient(uri)

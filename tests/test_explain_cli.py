@@ -1,0 +1,88 @@
+"""``python -m mlproject.explain`` end to end on a tiny checkpoint, and its bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import models
+from benchmark.datasets import discover, read_case
+from benchmark.preprocessing import PreprocessConfig, prepare
+from benchmark.training import TrainConfig, fit, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(isles_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    config = PreprocessConfig(grid=(16, 16, 8))
+    cases = [prepare(read_case(r), config) for r in discover(isles_dir, split="train")]
+    seed_everything(0)
+    fit(models.build("unet3d", 6, width=0.0625), cases, cases,
+        TrainConfig(epochs=2, lr=3e-3, device="cpu"), checkpoint_dir=folder, progress=False)
+    (folder / "preprocess.json").write_text(json.dumps(config.to_dict()))
+    return folder / "best.pt"
+
+
+def _run(workdir, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    return subprocess.run([sys.executable, "-m", "mlproject.explain", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _runs(workdir):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("strokelens")
+    return client, ([] if experiment is None else client.search_runs([experiment.experiment_id]))
+
+
+def test_explain_logs_one_run_per_method_and_filter(isles_dir, checkpoint, tmp_path):
+    result = _run(tmp_path, "--model", str(checkpoint), "--data", str(isles_dir), "--methods",
+                  "lrp_zplus_zbox,random", "--filters", "raw,pass_0_0.2", "--cases", "training_2", "--heavy", "raw")
+    assert result.returncode == 0, result.stderr
+    client, runs = _runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("strokelens.kind") == "explain"]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("strokelens.kind") == "explanation"}
+    assert len(parent) == 1 and set(children) == {"lrp_zplus_zbox-raw", "lrp_zplus_zbox-pass_0_0.2", "random-raw"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children.values())
+    raw = children["lrp_zplus_zbox-raw"]
+    assert raw.data.params["filter"] == "raw" and raw.data.params["method"] == "lrp_zplus_zbox"
+    assert {"evidence_mass_accuracy", "blrp_to_ot", "blrp_to_ot_ADC", "faithfulness", "randomisation_spearman",
+            "conservation_error", "seconds_per_volume", "sparseness"} <= set(raw.data.metrics)
+    assert raw.data.metrics["conservation_error"] < 1.0
+    assert "faithfulness" not in children["lrp_zplus_zbox-pass_0_0.2"].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(raw.info.run_id, "relevance")}
+    assert artifacts == {"relevance/training_2_lrp_zplus_zbox.nii.gz", "relevance/training_2_lrp_zplus_zbox.png"}
+    local = mlflow.artifacts.download_artifacts(run_id=raw.info.run_id, artifact_path="relevance",
+                                                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    image = nib.load(Path(local) / "training_2_lrp_zplus_zbox.nii.gz")
+    case = read_case(discover(isles_dir, split="train")[1])
+    assert image.shape == (case.shape[2], case.shape[1], case.shape[0], 6)
+    assert np.allclose(image.affine, case.affine)
+    assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} >= {"explanations.csv"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--methods", "lrp_magic"], "method 'lrp_magic' is unknown"),
+    (["--filters", "pass_0.6_0.2"], "interval [0.6, 0.2]"),
+    (["--filters", "clamp_0_2"], "within [0, 1]"),
+    (["--model", "models:/nothing@champion"], "model 'models:/nothing@champion' does not resolve"),
+    (["--model", "missing.pt"], "does not exist"),
+    (["--cases", "training_99"], "training_99"),
+])
+def test_explain_bad_input(isles_dir, checkpoint, tmp_path, args, needle):
+    base = ["--model", str(checkpoint), "--data", str(isles_dir), "--methods", "random"]
+    result = _run(tmp_path, *base, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    _, runs = _runs(tmp_path)
+    assert runs == []
