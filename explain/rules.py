@@ -2,7 +2,8 @@
 
 A rule turns the relevance ``R`` at a module's output into relevance at its inputs. Linear
 layers (``Conv3d``, ``ConvTranspose3d``, interpolation) share one formula: a rule is a list of
-*groups*, each a coefficient and *terms* (an input modifier and a parameter modifier)::
+*groups*, each a coefficient and *terms* (an input modifier and a parameter modifier); z⁺, γ and
+α-β are computed faster through an identity (:class:`SignSplitRule`) but mean exactly this::
 
     z_g   = Σ_t sign_t · f(in_t(x); θ_t)              (f: the layer with modified parameters)
     R_in  = Σ_g coef_g · Σ_t sign_t · in_t(x) ⊙ J_tᵀ (R / stab(z_g))
@@ -118,16 +119,12 @@ class LinearRule(Rule):
         groups: ``[(coefficient, [Term, …]), …]``.
         epsilon: stabiliser ε of the denominators.
         use_output: the single group equals the layer's own output (ε rule): reuse it.
-        fallback: the second group only takes the outputs whose first-group ``z`` is zero (within
-            ε); the first group takes the others (z⁺ with a conserving fallback).
     """
 
-    def __init__(self, groups: list[tuple[float, list[Term]]], epsilon: float = 1e-9, use_output: bool = False,
-                 fallback: bool = False):
+    def __init__(self, groups: list[tuple[float, list[Term]]], epsilon: float = 1e-9, use_output: bool = False):
         self.groups = groups
         self.epsilon = epsilon
         self.use_output = use_output
-        self.fallback = fallback
 
     def relevance(self, module, inputs, output, relevance, cache):
         x = inputs[0]
@@ -143,15 +140,9 @@ class LinearRule(Rule):
                 else:
                     z = sum(sign * layer_forward(module, xm, w, t.bias(module.bias))
                             for (sign, xm, w), t in zip(mods, terms, strict=True))
-                share = None
-                if self.fallback:  # group 0 takes outputs with z ≠ 0, group 1 the rest
-                    dead = ~cache[0][2] if g else z.abs() <= self.epsilon
-                    share = dead if g else ~dead
-                    if g and not dead.any():
-                        break
-                prepared = cache[g] = (mods, stabilize(z, self.epsilon), share)
-            mods, z, share = prepared
-            s = relevance / z if share is None else torch.where(share, relevance / z, 0.0)
+                prepared = cache[g] = (mods, stabilize(z, self.epsilon))
+            mods, z = prepared
+            s = relevance / z
             part = sum(sign * xm * layer_adjoint(module, s, w, x.shape) for sign, xm, w in mods)
             part = part * coefficient if coefficient != 1 else part
             total = part if total is None else total + part
@@ -178,23 +169,6 @@ class Epsilon(LinearRule):
 
     def __init__(self, epsilon: float = 1e-6):
         super().__init__([(1.0, [Term(1.0, _identity, _identity, _identity)])], epsilon, use_output=True)
-
-
-class ZPlus(LinearRule):
-    """LRP-z⁺: only positive contributions ``x⁺W⁺ + x⁻W⁻`` (no bias).
-
-    An output with no positive contribution at all (possible when inputs are mixed-sign, e.g.
-    after LeakyReLU) sends its relevance back along its negative contributions
-    ``x⁺W⁻ + x⁻W⁺`` instead, so relevance is conserved.
-    """
-
-    name = "zplus"
-
-    def __init__(self, epsilon: float = 1e-9):
-        super().__init__([(1.0, [Term(1.0, _positive, _positive, _no_bias),
-                                 Term(1.0, _negative, _negative, _no_bias)]),
-                          (1.0, [Term(1.0, _positive, _negative, _no_bias),
-                                 Term(1.0, _negative, _positive, _no_bias)])], epsilon, fallback=True)
 
 
 def data_mask(x: Tensor) -> Tensor:
@@ -228,39 +202,6 @@ class ZBox(LinearRule):
         return f"ZBox(low={self.low}, high={self.high}, seed_published={self.seed_published})"
 
 
-class Gamma(LinearRule):
-    """LRP-γ: positive contributions amplified by γ: (x⁺; W + γW⁺) + (x⁻; W + γW⁻)."""
-
-    name = "gamma"
-
-    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
-        self.gamma = gamma
-        super().__init__([(1.0, [
-            Term(1.0, _positive, lambda w: w + gamma * w.clamp(min=0),
-                 lambda b: None if b is None else b + gamma * b.clamp(min=0)),
-            Term(1.0, _negative, lambda w: w + gamma * w.clamp(max=0), _no_bias)])], epsilon)
-
-    def __repr__(self) -> str:
-        return f"Gamma(gamma={self.gamma})"
-
-
-class AlphaBeta(LinearRule):
-    """LRP-αβ: ``α R⁺ − β R⁻`` with positive and negative contributions normalised apart (α − β = 1)."""
-
-    name = "alphabeta"
-
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-9):
-        if abs(alpha - beta - 1.0) > 1e-9:
-            raise ValueError(f"alpha - beta must be 1 (got alpha={alpha}, beta={beta})")
-        self.alpha, self.beta = alpha, beta
-        positive = [Term(1.0, _positive, _positive, _no_bias), Term(1.0, _negative, _negative, _no_bias)]
-        negative = [Term(1.0, _positive, _negative, _no_bias), Term(1.0, _negative, _positive, _no_bias)]
-        super().__init__([(alpha, positive), (-beta, negative)], epsilon)
-
-    def __repr__(self) -> str:
-        return f"AlphaBeta(alpha={self.alpha}, beta={self.beta})"
-
-
 class Flat(LinearRule):
     """LRP-flat: relevance spread evenly over each output's receptive field (weights 1).
 
@@ -281,6 +222,104 @@ class WSquare(LinearRule):
 
     def __init__(self, epsilon: float = 1e-9):
         super().__init__([(1.0, [Term(1.0, torch.ones_like, lambda w: w * w, _no_bias)])], epsilon)
+
+
+class SignSplitRule(Rule):
+    """Rules whose contributions mix ``x_i w_ij`` and ``|x_i||w_ij|`` (z⁺, γ, α-β).
+
+    Since ``x⁺W⁺ + x⁻W⁻ = (xW + |x||W|) / 2`` and ``x⁺W⁻ + x⁻W⁺ = (xW − |x||W|) / 2``, these rules
+    need the layer's own output ``z₀ = Wx`` (from the forward pass, bias removed), one extra
+    forward ``B = |W| ∗ |x|`` and two adjoints::
+
+        R_in = x ⊙ Wᵀ s_W  +  |x| ⊙ |W|ᵀ s_B
+
+    where a subclass's :meth:`split` turns the output relevance into ``(s_W, s_B)``.
+    """
+
+    def __init__(self, epsilon: float = 1e-9):
+        self.epsilon = epsilon
+
+    def split(self, relevance: Tensor, z0: Tensor, b: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(s_W, s_B)`` for the output relevance."""
+        raise NotImplementedError
+
+    def relevance(self, module, inputs, output, relevance, cache):
+        if not has_weights(module):
+            raise TypeError(f"{type(self).__name__} needs a convolution, got {type(module).__name__}")
+        x = inputs[0]
+        prepared = cache.get("basis")
+        if prepared is None:  # shared by every backward pass of a sweep
+            bias = None if module.bias is None else module.bias.view(1, -1, *([1] * (output.dim() - 2)))
+            z0 = output if bias is None else output - bias
+            abs_weight = module.weight.abs()
+            prepared = cache["basis"] = (z0, layer_forward(module, x.abs(), abs_weight, None), abs_weight, bias)
+        z0, b, abs_weight, bias = prepared
+        s_w, s_b = self.split(relevance, z0, b, bias)
+        out = x * layer_adjoint(module, s_w, module.weight, x.shape)
+        return (out + x.abs() * layer_adjoint(module, s_b, abs_weight, x.shape),)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(epsilon={self.epsilon})"
+
+
+class ZPlus(SignSplitRule):
+    """LRP-z⁺: only positive contributions ``x⁺W⁺ + x⁻W⁻ = (xW + |x||W|)/2`` (no bias).
+
+    An output with no positive contribution at all (possible when inputs are mixed-sign, e.g.
+    after LeakyReLU) sends its relevance back along its negative contributions instead (then
+    ``xW`` itself), so relevance is conserved.
+    """
+
+    name = "zplus"
+
+    def split(self, relevance, z0, b, bias):
+        z_plus = (z0 + b) / 2
+        dead = z_plus <= self.epsilon
+        s_plus = torch.where(dead, 0.0, relevance / (z_plus + self.epsilon)) / 2
+        s_dead = torch.where(dead, relevance / stabilize(z0, self.epsilon), 0.0)
+        return s_plus + s_dead, s_plus
+
+
+class Gamma(SignSplitRule):
+    """LRP-γ: positive contributions amplified: ``xW + γ(x⁺W⁺ + x⁻W⁻)``, bias ``b + γb⁺``."""
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
+        super().__init__(epsilon)
+        self.gamma = gamma
+
+    def split(self, relevance, z0, b, bias):
+        g = self.gamma
+        z = (1 + g / 2) * z0 + (g / 2) * b
+        if bias is not None:
+            z = z + bias + g * bias.clamp(min=0)
+        s = relevance / stabilize(z, self.epsilon)
+        return (1 + g / 2) * s, (g / 2) * s
+
+    def __repr__(self) -> str:
+        return f"Gamma(gamma={self.gamma})"
+
+
+class AlphaBeta(SignSplitRule):
+    """LRP-αβ: ``α R⁺ − β R⁻``; positive and negative contributions normalised apart (α − β = 1)."""
+
+    name = "alphabeta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-9):
+        if abs(alpha - beta - 1.0) > 1e-9:
+            raise ValueError(f"alpha - beta must be 1 (got alpha={alpha}, beta={beta})")
+        super().__init__(epsilon)
+        self.alpha, self.beta = alpha, beta
+
+    def split(self, relevance, z0, b, bias):
+        z_pos, z_neg = (z0 + b) / 2, (z0 - b) / 2  # a group without contributions distributes nothing
+        s_pos = torch.where(z_pos.abs() <= self.epsilon, 0.0, relevance / stabilize(z_pos, self.epsilon))
+        s_neg = torch.where(z_neg.abs() <= self.epsilon, 0.0, relevance / stabilize(z_neg, self.epsilon))
+        return (self.alpha * s_pos - self.beta * s_neg) / 2, (self.alpha * s_pos + self.beta * s_neg) / 2
+
+    def __repr__(self) -> str:
+        return f"AlphaBeta(alpha={self.alpha}, beta={self.beta})"
 
 
 class Pass(Rule):
