@@ -21,6 +21,17 @@ from benchmark.errors import atomic_file  # noqa: E402
 from benchmark.preprocessing import PreparedCase  # noqa: E402
 
 
+def _finish(fig, ax, path: Path, title: str) -> Path:
+    """Title, no axes, and an atomic PNG write."""
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def lesion_slice(label: np.ndarray) -> int:
     """Index of the slice (D axis) with the most lesion voxels (the middle one when empty)."""
     area = label.reshape(label.shape[0], -1).sum(axis=1)
@@ -36,13 +47,7 @@ def overlay_png(path: Path, background: np.ndarray, truth: np.ndarray | None,
         ax.contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
     if prediction is not None and prediction.any():
         ax.contour(prediction.astype(float), levels=[0.5], colors="red", linewidths=1.2)
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title)
 
 
 @torch.no_grad()
@@ -80,10 +85,4 @@ def relevance_png(path: Path, background: np.ndarray, relevance: np.ndarray, les
     ax.imshow(shown, cmap="bwr", vmin=-peak, vmax=peak, alpha=0.7, origin="lower")
     if lesion is not None and lesion.any():
         ax.contour(lesion.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title)

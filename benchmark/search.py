@@ -286,11 +286,12 @@ class Objective:
             except optuna.TrialPruned as exc:
                 pruned = exc
             self._log_best(folder)
-            if rows:
-                best = max(rows, key=lambda r: r["val_dice"])
+            history = rows if pruned is not None else result.history  # a resumed fit knows earlier epochs
+            if history:
+                best = max(history, key=lambda r: r["val_dice"])
                 tracking.log_summary({"best_val_dice": best["val_dice"], "best_epoch": best["epoch"],
-                                      "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in rows])),
-                                      "epochs_run": len(rows)})
+                                      "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in history])),
+                                      "epochs_run": len(history)})
             tracking.set_state(tracking.STATE_COMPLETE if pruned is None else tracking.STATE_PRUNED)
         if pruned is not None:  # outside the run, so MLflow marks it FINISHED, not FAILED
             raise pruned
@@ -330,41 +331,24 @@ def run_search(s: SearchSettings) -> SearchResult:
         deadline = None if s.time_budget is None else started + s.time_budget
         study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
                        timeout=s.time_budget, catch=(FloatingPointError, RuntimeError))
-        mlflow_seconds = time.monotonic() - started
+        search_seconds = time.monotonic() - started
         finished = [t for t in study.get_trials(deepcopy=False)
                     if t.state == optuna.trial.TrialState.COMPLETE]
         states = {state.name.lower(): sum(t.state == state for t in study.get_trials(deepcopy=False))
                   for state in optuna.trial.TrialState}
-        tracking.log_summary({"search_seconds": mlflow_seconds,
+        tracking.log_summary({"search_seconds": search_seconds,
                               **{f"trials_{k}": v for k, v in states.items()}})
         if not finished:
             return SearchResult(s.study, parent.info.run_id, None, None, {}, states)
         best = study.best_trial
         best_run = best.user_attrs.get("mlflow_run_id")
-        best_metrics = _run_metrics(best_run)
+        best_metrics = tracking.best_epoch_metrics(best_run)
         tracking.log_best_trial(best_run, best.number, best.params or best.user_attrs, best_metrics)
         best_folder = Path(best.user_attrs.get("last_checkpoint", "")).parent
         if (best_folder / "best.pt").is_file():
             tracking.log_checkpoint(best_folder / "best.pt", preprocess.to_dict())
             tracking.log_figures(sorted((best_folder / "figures").glob("*.png")))
         return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states)
-
-
-def _run_metrics(run_id: str) -> dict:
-    """The final validation metrics at the best epoch of a trial run."""
-    client = tracking.MlflowClient(tracking.tracking_uri())
-    run = client.get_run(run_id)
-    best_epoch = int(run.data.metrics.get("best_epoch", -1))
-    out = {"val_dice": run.data.metrics.get("best_val_dice", float("nan"))}
-    for key in ("val_hd95", "val_assd", "val_volume_diff_ml", "val_precision", "val_recall",
-                "val_lesion_f1"):
-        history = client.get_metric_history(run_id, key)
-        at_best = [m.value for m in history if m.step == best_epoch]
-        if at_best:
-            out[key] = at_best[-1]
-    out["param_count"] = run.data.metrics.get("param_count", float("nan"))
-    out["seconds_per_epoch"] = run.data.metrics.get("seconds_per_epoch", float("nan"))
-    return out
 
 
 def describe(result: SearchResult) -> str:

@@ -160,6 +160,18 @@ def stack_batch(cases: Sequence[PreparedCase]) -> tuple[torch.Tensor, torch.Tens
     return image, label
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """Back-propagate ``loss`` and step, through the gradient scaler under mixed precision."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_epoch(model: nn.Module, cases: Sequence[PreparedCase], optimizer: torch.optim.Optimizer,
                 loss_fn, augmenter: Augmenter, batch_size: int, device: torch.device,
                 scaler: torch.amp.GradScaler | None, order: torch.Generator) -> float:
@@ -176,13 +188,7 @@ def train_epoch(model: nn.Module, cases: Sequence[PreparedCase], optimizer: torc
             loss = loss_fn(model(image), label)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()}: lower the learning rate")
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         losses.append(float(loss.detach()))
     return float(np.mean(losses))
 

@@ -143,8 +143,8 @@ def _case_outputs(folder: Path, explanations, cases, prepared, config: Preproces
         channel = list(config.modalities).index("Tmax") if "Tmax" in config.modalities else 0
         paths.append(relevance_png(folder / f"{e.case_id}_{e.method}.png", p.image[channel, z],
                                    e.relevance.sum(axis=0)[z], p.label[z] > 0.5,
-                                   f"{e.case_id} {e.method}: relevance (all modalities) on "
-                                   f"{config.modalities[channel]}, lesion green"))
+                                   f"{e.case_id} · {e.method} · slice {z}\nrelevance (sum over modalities) "
+                                   f"on {config.modalities[channel]}, lesion green"))
     return paths
 
 

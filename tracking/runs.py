@@ -175,6 +175,21 @@ def log_best_trial(run_id: str, number: int, params: dict, metrics: dict) -> Non
                     "best_trial.json")
 
 
+def best_epoch_metrics(run_id: str) -> dict:
+    """A trial run's validation metrics at its best epoch, its parameter count and seconds per epoch."""
+    client = MlflowClient(tracking_uri())
+    run = client.get_run(run_id)
+    best_epoch = int(run.data.metrics.get("best_epoch", -1))
+    out = {"val_dice": run.data.metrics.get("best_val_dice", float("nan"))}
+    for key in ("val_hd95", "val_assd", "val_volume_diff_ml", "val_precision", "val_recall", "val_lesion_f1"):
+        at_best = [m.value for m in client.get_metric_history(run_id, key) if m.step == best_epoch]
+        if at_best:
+            out[key] = at_best[-1]
+    out["param_count"] = run.data.metrics.get("param_count", float("nan"))
+    out["seconds_per_epoch"] = run.data.metrics.get("seconds_per_epoch", float("nan"))
+    return out
+
+
 def latest_best_trial_run(experiment: str = DEFAULT_EXPERIMENT) -> str | None:
     """The run id of the best trial recorded by the latest finished search, or None."""
     client = MlflowClient(tracking_uri())

@@ -1,0 +1,34 @@
+"""Slow: the MLflow-native way, `mlflow run . -e train --env-manager local`, on small settings."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point(isles_dir, tmp_path):
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    params = {"data": str(isles_dir), "trials": "2", "epochs": "2", "study": "slow",
+              "storage": f"sqlite:///{tmp_path}/optuna.db", "architectures": "segresnet3d", "widths": "0.0625",
+              "seed": "3"}
+    command = [str(mlflow_cli), "run", str(ROOT), "-e", "train", "--env-manager", "local",
+               "--experiment-name", "slow"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("slow").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("strokelens.kind") == "search"]
+    trials = [r for r in runs if r.data.tags.get("strokelens.kind") == "trial"]
+    assert len(parent) == 1 and len(trials) == 2
+    assert parent[0].data.params["seed"] == "3" and parent[0].data.params["trials"] == "2"  # parameters arrive
+    assert {r.data.params["architecture"] for r in trials} == {"segresnet3d"}
