@@ -187,33 +187,37 @@ def _discover_isles(root: Path, modalities: tuple[str, ...], with_evidence: bool
     check_modalities(modalities, ISLES_MODALITIES, f"ISLES 2017 data in '{root}'")
     clinical = {**_read_table(root, "ISLES2017_Training"), **_read_table(root, "ISLES2017_Testing")}
     folders = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"(training|test)_\d+", p.name)]
-    refs = []
-    for folder in sorted(folders, key=lambda p: (p.name.startswith("test"), _natural_key(p.name))):
-        files = _nifti_files(folder)
-        images = {}
-        for name in modalities:
-            pattern = re.compile(rf"\.MR_{re.escape(name)}\.", re.IGNORECASE)
-            hits = [p for p in files if pattern.search(p.name)]
-            if not hits:
-                raise DataError(
-                    f"case folder '{folder}' has no {name} file (*.MR_{name}.*.nii): add it or "
-                    f"leave {name} out of modalities"
-                )
-            if len(hits) > 1:
-                raise DataError(f"case folder '{folder}' has several {name} files "
-                                f"({', '.join(p.name for p in hits)}): keep one")
-            images[name] = hits[0]
-        labels = [p for p in files if re.search(r"\.OT\.", p.name)]
-        if len(labels) > 1:
-            raise DataError(f"case folder '{folder}' has several OT label files: keep one")
-        evidence, ev_modalities = None, ()
-        sidecar = folder / "evidence.json"
-        if with_evidence and sidecar.is_file():
-            meta = json.loads(sidecar.read_text())
-            evidence, ev_modalities = folder / meta["file"], tuple(meta["modalities"])
-        refs.append(CaseRef(folder.name, images, labels[0] if labels else None, evidence,
-                            ev_modalities, clinical.get(folder.name)))
-    return refs
+    return [isles_case(folder, modalities, with_evidence, clinical.get(folder.name))
+            for folder in sorted(folders, key=lambda p: (p.name.startswith("test"), _natural_key(p.name)))]
+
+
+def isles_case(folder: Path, modalities: Sequence[str] = MODALITIES, with_evidence: bool = False,
+               clinical: dict | None = None) -> CaseRef:
+    """One ISLES 2017 case folder (``*.MR_<MOD>.*`` files, optional ``*.OT.*`` label)."""
+    folder = Path(folder)
+    files = _nifti_files(folder)
+    images = {}
+    for name in modalities:
+        pattern = re.compile(rf"\.MR_{re.escape(name)}\.", re.IGNORECASE)
+        hits = [p for p in files if pattern.search(p.name)]
+        if not hits:
+            raise DataError(
+                f"case folder '{folder}' has no {name} file (*.MR_{name}.*.nii): add it or "
+                f"leave {name} out of modalities"
+            )
+        if len(hits) > 1:
+            raise DataError(f"case folder '{folder}' has several {name} files "
+                            f"({', '.join(p.name for p in hits)}): keep one")
+        images[name] = hits[0]
+    labels = [p for p in files if re.search(r"\.OT\.", p.name)]
+    if len(labels) > 1:
+        raise DataError(f"case folder '{folder}' has several OT label files: keep one")
+    evidence, ev_modalities = None, ()
+    sidecar = folder / "evidence.json"
+    if with_evidence and sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+        evidence, ev_modalities = folder / meta["file"], tuple(meta["modalities"])
+    return CaseRef(folder.name, images, labels[0] if labels else None, evidence, ev_modalities, clinical)
 
 
 def _discover_nnunet(root: Path, modalities: tuple[str, ...], with_evidence: bool) -> list[CaseRef]:
@@ -329,3 +333,48 @@ def load_cases(
 ) -> list[Case]:
     """Discover and read every case of ``split`` (see :func:`discover`)."""
     return [read_case(r) for r in discover(root, modalities, split=split, with_evidence=with_evidence)]
+
+
+def image_set(folder: str | Path, modalities: Sequence[str]) -> list[CaseRef]:
+    """Cases of a folder of nnU-Net image files ``{case}_{XXXX}.nii[.gz]`` with channels in ``modalities`` order.
+
+    Raises:
+        DataError: a case misses a channel or has more channels than ``modalities``.
+    """
+    folder = Path(folder)
+    pattern = re.compile(r"(.+)_(\d{4})\.nii(\.gz)?$")
+    cases: dict[str, dict[int, Path]] = {}
+    for p in folder.iterdir():
+        match = pattern.match(p.name)
+        if match:
+            cases.setdefault(match.group(1), {})[int(match.group(2))] = p
+    refs = []
+    for case_id in sorted(cases, key=_natural_key):
+        channels = cases[case_id]
+        extra = sorted(k for k in channels if k >= len(modalities))
+        if extra:
+            raise DataError(f"case {case_id} in '{folder}' has channel {extra[0]:04d} but the model takes "
+                            f"{len(modalities)} ({', '.join(modalities)}): remove the extra file")
+        missing = [k for k in range(len(modalities)) if k not in channels]
+        if missing:
+            raise DataError(f"case {case_id} in '{folder}' lacks channel {missing[0]:04d} "
+                            f"({modalities[missing[0]]}): add it")
+        refs.append(CaseRef(case_id, {m: channels[k] for k, m in enumerate(modalities)}, None))
+    return refs
+
+
+def prediction_inputs(path: str | Path, modalities: Sequence[str]) -> list[CaseRef]:
+    """What ``predict`` accepts: a data folder (either layout), one ISLES case folder, or an image set."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"input '{path}' is not a folder: give a case folder, an image set or a data folder")
+    try:
+        return discover(path, modalities)
+    except DataError:
+        pass
+    names = [p.name for p in _nifti_files(path)]
+    if any(".MR_" in n for n in names):
+        return [isles_case(path, modalities)]
+    if any(re.search(r"_\d{4}\.nii(\.gz)?$", n) for n in names):
+        return image_set(path, modalities)
+    raise DataError(f"'{path}' holds no ISLES 2017 case, nnU-Net image set or data set: point to one")

@@ -291,3 +291,76 @@ def log_artifacts(paths: list[Path], folder: str) -> None:
     """Log files under an artifact folder of the active run."""
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+REGISTERED_MODEL = "strokelens-segmenter"
+CHAMPION_ALIAS = "champion"
+ONNX_ARTIFACT = "onnx-model"
+
+
+def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool = True) -> tuple[str, str | None]:
+    """Log an exported model with ``mlflow.onnx.log_model`` and register it as the champion.
+
+    The signature takes (-1, C, -1, -1, -1) float32 ``image`` and gives (-1, 2, -1, -1, -1)
+    ``logits``; execution providers are CUDA then CPU; the preprocessing JSON travels inside the
+    MLflow model (``extra_files``). The alias ``champion`` moves to the new version.
+
+    Returns:
+        (the logged model's URI, the registered version or None).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow.onnx
+    import numpy as np
+    import onnx
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1, -1), "logits")]))
+    example = {"image": np.zeros((1, channels, 4, 8, 8), np.float32)}
+    requirements = []
+    for package in ("onnxruntime-gpu", "onnx", "numpy"):
+        try:
+            requirements.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=ONNX_ARTIFACT, signature=signature,
+                                 input_example=example, pip_requirements=requirements,
+                                 onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                                 extra_files=[str(sidecar)], save_as_external_data=False)
+    mlflow.log_artifact(str(sidecar), artifact_path="onnx")
+    if not register:
+        return info.model_uri, None
+    registered = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
+    MlflowClient(tracking_uri()).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
+    return info.model_uri, str(registered.version)
+
+
+def download_onnx_model(uri: str) -> tuple[Path, Path]:
+    """(model.onnx, its preprocessing JSON) of a ``models:/`` URI, or a :class:`ParameterError`."""
+    import mlflow.artifacts
+
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri()))
+    except Exception as exc:
+        raise ParameterError(f"model '{uri}' does not resolve ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}): export a model first "
+                             "(mlflow run . -e export) or give an .onnx path") from exc
+    onnx_files = sorted(folder.rglob("*.onnx"))
+    sidecars = [p for p in folder.rglob("*.json") if '"strokelens-onnx/1"' in p.read_text()]
+    if not onnx_files or not sidecars:
+        raise ParameterError(f"model '{uri}' holds no ONNX file with its preprocessing JSON: export it with "
+                             "mlproject.export")
+    return onnx_files[0], sidecars[0]
+
+
+@contextlib.contextmanager
+def export_run(source_run: str | None, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The run that holds an exported model; FAILED if the block raises."""
+    name = f"export-{source_run[:8]}" if source_run else "export"
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags({TAG_KIND: "export", "mlflow.runName": name, "strokelens.model_run": source_run or ""})
+        log_params_once(params)
+        yield run

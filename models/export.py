@@ -1,0 +1,179 @@
+"""ONNX export of a trained network, verified against PyTorch, and its inference session.
+
+``export_onnx`` writes ``<path>.onnx`` (``torch.onnx.export(..., dynamo=True)`` with dynamic batch
+and spatial dimensions), checks it with ``onnx.checker`` and compares onnxruntime (CPU) with
+PyTorch on several grids; a maximum absolute difference above ``atol`` (1e-4 for fp32) fails
+the export loudly and nothing is left behind. A JSON sidecar (``<path>.json``) carries what a
+user needs without the training code: the preprocessing settings (modalities in order,
+normalisation, training grid) and the build configuration.
+
+``Segmenter`` wraps an onnxruntime session: it chooses TensorRT, CUDA or CPU in that order where
+available and reports the provider actually used (``session.get_providers()``; onnxruntime-gpu
+falls back to CPU silently), uses all CPU cores for intra-op threads, and binds inputs and outputs
+on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.errors import DataError, StrokelensError, atomic_file
+
+CHECK_GRIDS: tuple[tuple[int, int, int], ...] = ((19, 48, 48), (25, 64, 48), (7, 20, 18))
+"""(D, H, W) grids the export is verified on: the seed's, a larger one, an odd small one."""
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class ExportError(StrokelensError):
+    """The exported model does not reproduce PyTorch, or the export itself failed."""
+
+
+@dataclass
+class ExportReport:
+    """What was written and how closely onnxruntime reproduces PyTorch on each grid."""
+
+    onnx_path: Path
+    sidecar_path: Path
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> float:
+        """The largest difference over the checked grids."""
+        return max(self.max_abs_diff.values()) if self.max_abs_diff else 0.0
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """``model.onnx`` → ``model.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHECK_GRIDS, atol: float = 1e-4,
+                seed: int = 0) -> ExportReport:
+    """Export, check and verify a model (see the module docstring).
+
+    Args:
+        model: a registry model (its ``build_config`` goes into the sidecar).
+        path: target ``.onnx`` file.
+        preprocess: :meth:`benchmark.preprocessing.PreprocessConfig.to_dict` of the model.
+        grids: (D, H, W) grids to compare on (batch 1 and 2 alternate).
+        atol: the largest accepted absolute difference of the logits.
+        seed: for the random check inputs.
+
+    Raises:
+        ExportError: export or check failed, or a difference exceeded ``atol``.
+    """
+    import onnx
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    path = Path(path)
+    model = model.eval()
+    channels = len(preprocess["modalities"])
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.rand(1, channels, *grids[0], generator=generator)
+    report = ExportReport(path, sidecar_path(path))
+    with atomic_file(path) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=["image"],
+                                  output_names=["logits"], external_data=False, verbose=False,
+                                  dynamic_shapes={"x": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO, 4: Dim.AUTO}})
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as exc:
+            raise ExportError(f"ONNX export of {model.build_config.get('name', type(model).__name__)} failed "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        for k, grid in enumerate(grids):
+            x = torch.rand(1 + k % 2, channels, *grid, generator=generator)
+            with torch.no_grad():
+                expected = model(x).numpy()
+            got = session.run(None, {"image": x.numpy()})[0]
+            diff = float(np.abs(got - expected).max())
+            report.max_abs_diff["x".join(map(str, grid))] = diff
+            if not diff <= atol:
+                raise ExportError(f"onnxruntime differs from PyTorch by {diff:.3g} (> {atol}) on grid {grid}: "
+                                  "the export is not trustworthy; report the architecture")
+        sidecar = {"format": "strokelens-onnx/1", "input": "image", "output": "logits",
+                   "input_layout": "(N, C, D, H, W) float32, D = NIfTI Z", "preprocess": preprocess,
+                   "build_config": getattr(model, "build_config", {}), "max_abs_diff": report.max_abs_diff}
+        with atomic_file(report.sidecar_path) as side:
+            side.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return report
+
+
+def read_sidecar(onnx_path: str | Path, side: str | Path | None = None) -> dict:
+    """The JSON beside an ONNX file (or at ``side``), or a :class:`DataError` saying it is missing."""
+    side = Path(side) if side is not None else sidecar_path(onnx_path)
+    if not side.is_file():
+        raise DataError(f"'{onnx_path}' has no preprocessing JSON ('{side.name}' beside it): export the model "
+                        "with mlproject.export, which writes both")
+    try:
+        return json.loads(side.read_text())
+    except ValueError as exc:
+        raise DataError(f"'{side}' is not valid JSON: export the model again") from exc
+
+
+class Segmenter:
+    """An onnxruntime session for a strokelens ONNX model.
+
+    Args:
+        onnx_path: the model.
+        sidecar: its JSON (default: beside it, ``model.json`` for ``model.onnx``).
+        providers: ``auto`` (TensorRT, CUDA, CPU in that order where available) or a list.
+        threads: CPU intra-op threads (default: all cores).
+    """
+
+    def __init__(self, onnx_path: str | Path, sidecar: str | Path | None = None, providers: str | list[str] = "auto",
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise DataError(f"ONNX model '{self.path}' does not exist: export one with mlproject.export")
+        self.meta = read_sidecar(self.path, sidecar)
+        available = ort.get_available_providers()
+        chosen = [p for p in PROVIDER_ORDER if p in available] if providers == "auto" else list(providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.log_severity_level = 3  # a missing CUDA library on a CPU machine is no error of the user's
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
+        except Exception as exc:
+            raise DataError(f"cannot load ONNX model '{self.path}' ({type(exc).__name__}): the file is corrupt "
+                            "or not an ONNX model; export it again") from exc
+        self.provider = self.session.get_providers()[0]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Input channels in order."""
+        return list(self.meta["preprocess"]["modalities"])
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """(N, 2, D, H, W) logits of a (N, C, D, H, W) float32 batch."""
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            import onnxruntime as ort
+
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(image, "cuda", 0))
+            binding.bind_output("logits", "cuda")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self.session.run(None, {"image": image})[0]
+
+    def probability(self, image: np.ndarray) -> np.ndarray:
+        """(N, D, H, W) lesion probability (softmax of the two logits)."""
+        logits = self.logits(image)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        return e[:, 1] / e.sum(axis=1)
