@@ -26,6 +26,7 @@ import torch
 from benchmark.datasets import CaseRef, discover
 from benchmark.errors import DataError, ParameterError
 from benchmark.figures import overlay_figures
+from benchmark.locks import sqlite_lock
 from benchmark.preprocessing import PreprocessCache, PreprocessConfig
 from benchmark.training import TrainConfig, fit, load_model, resolve_device, seed_everything
 from models.registry import available, build, parameter_count
@@ -207,20 +208,21 @@ def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.S
     """
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=profile.warmup)
-    try:
-        storage_obj = optuna.storages.RDBStorage(storage) if "://" in storage else None
-    except Exception as exc:
-        raise ParameterError(f"storage '{storage}' cannot be opened ({type(exc).__name__}): give a "
-                             "database URL such as sqlite:///optuna.db or postgresql://…") from exc
-    if storage_obj is None:
+    if "://" not in storage:
         raise ParameterError(f"storage '{storage}' is not a database URL: use sqlite:///optuna.db "
                              "or postgresql://user:password@host/db")
-    try:
-        study = optuna.create_study(study_name=name, storage=storage_obj, sampler=sampler,
-                                    pruner=pruner, direction="maximize", load_if_exists=True)
-    except ValueError as exc:
-        raise ParameterError(f"study '{name}' in '{storage}' cannot be used ({exc}): choose another "
-                             "study name") from exc
+    with sqlite_lock(storage):  # concurrent first creation of the tables fails
+        try:
+            storage_obj = optuna.storages.RDBStorage(storage)
+        except Exception as exc:
+            raise ParameterError(f"storage '{storage}' cannot be opened ({type(exc).__name__}): give a "
+                                 "database URL such as sqlite:///optuna.db or postgresql://…") from exc
+        try:
+            study = optuna.create_study(study_name=name, storage=storage_obj, sampler=sampler,
+                                        pruner=pruner, direction="maximize", load_if_exists=True)
+        except ValueError as exc:
+            raise ParameterError(f"study '{name}' in '{storage}' cannot be used ({exc}): choose another "
+                                 "study name") from exc
     if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ParameterError(f"study '{name}' in '{storage}' was created to "
                              f"{[d.name.lower() for d in study.directions]}, but strokelens maximises "

@@ -19,6 +19,26 @@ from models.export import export_onnx
 from tracking import runs as tracking
 
 
+def export_model(reference: str, experiment: str = tracking.DEFAULT_EXPERIMENT, out: str = "",
+                 register: bool = True) -> str:
+    """Export, verify, log and register one model; returns a line saying where it went."""
+    tracking.setup(experiment)
+    checkpoint, preprocess, run_id = tracking.resolve_model(reference, experiment)
+    preprocess = preprocess or PreprocessConfig().to_dict()
+    model = load_model(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out) if out else Path(tmp)
+        report = export_onnx(model, folder / "model.onnx", preprocess)
+        with tracking.export_run(run_id, {"model": reference or run_id or str(checkpoint),
+                                          "source_run": run_id or ""}) as parent:
+            tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
+            uri, version = tracking.log_onnx_model(report.onnx_path, report.sidecar_path,
+                                                   len(preprocess["modalities"]), register=register)
+    where = f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS} (version {version})" if version else uri
+    return (f"exported {model.build_config['name']} to ONNX (max |onnxruntime − PyTorch| {report.worst:.2e}); "
+            f"logged under MLflow run {parent.info.run_id}: {where}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Export, verify, log and register one model."""
     parser = ArgumentParser(prog="python -m mlproject.export", description=__doc__)
@@ -28,21 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="also keep model.onnx and model.json in this folder")
     parser.add_argument("--no-register", action="store_true", help="log the model but do not register it")
     args = parser.parse_args(argv)
-    tracking.setup(args.experiment)
-    checkpoint, preprocess, run_id = tracking.resolve_model(args.model, args.experiment)
-    preprocess = preprocess or PreprocessConfig().to_dict()
-    model = load_model(checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.out) if args.out else Path(tmp)
-        report = export_onnx(model, folder / "model.onnx", preprocess)
-        with tracking.export_run(run_id, {"model": args.model or run_id or str(checkpoint),
-                                          "source_run": run_id or ""}) as parent:
-            tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
-            uri, version = tracking.log_onnx_model(report.onnx_path, report.sidecar_path,
-                                                   len(preprocess["modalities"]), register=not args.no_register)
-    where = f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS} (version {version})" if version else uri
-    print(f"exported {model.build_config['name']} to ONNX (max |onnxruntime − PyTorch| {report.worst:.2e}); "
-          f"logged under MLflow run {parent.info.run_id}: {where}")
+    print(export_model(args.model, args.experiment, args.out, register=not args.no_register))
     return 0
 
 

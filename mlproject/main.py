@@ -1,9 +1,10 @@
 """``mlflow run .`` / ``python -m mlproject.main``: the whole pipeline on one data folder.
 
 Today: synthetic data when no ``--data`` is given (generated once, then reused) → a summary of the
-data → the hyper-parameter search (``mlproject.train``) → explanations of its best model
-(``mlproject.explain``, every method, unfiltered, two validation cases); export and the report
-join as their issues land. Every train flag passes through unchanged.
+data → the hyper-parameter search (``mlproject.train``) → ONNX export of its best model, registered
+as ``strokelens-segmenter@champion`` (``mlproject.export``) → explanations of the best model
+(``mlproject.explain``, every method, unfiltered, two validation cases); the report joins when its
+issue lands. Every train flag passes through unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from benchmark.search import describe, run_search
 from benchmark.summary import summarize_dataset
 from mlproject import explain
 from mlproject._cli import ArgumentParser, run
+from mlproject.export import export_model
 from mlproject.train import settings_from_args
 from tracking.runs import tracking_uri
 
@@ -44,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(describe(result))
     if not result.best_run_id:
         return 1
-    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; explain gets its own
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; the next get their own
+    print(export_model(result.best_run_id, settings.experiment))
     explain.main(["--model", result.best_run_id, "--data", data, "--methods", args.explain_methods,
                   "--filters", args.explain_filters, "--cases", args.explain_cases,
                   "--experiment", settings.experiment, "--seed", str(args.seed)])

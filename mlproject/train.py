@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from benchmark.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.search import PROFILES, SearchSettings, describe, resolve_profile, restrict, run_search
 from benchmark.training import resolve_device
 from mlproject._cli import ArgumentParser, run, split_list
+from mlproject.export import export_model
 from models.registry import available
 from tracking.runs import DEFAULT_EXPERIMENT, tracking_uri
 
@@ -44,13 +46,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--widths", default="", help="comma list of width multipliers (default: the profile's)")
     parser.add_argument("--time-budget", type=float, default=-1,
                         help="seconds after which no new trial or epoch starts (-1: profile's, 0: none)")
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the best trial")
     parser.add_argument("--checkpoints", default="checkpoints", help="folder for per-epoch checkpoints")
     return parser
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> SearchSettings:
     """Parse and validate the arguments (before any run is started)."""
-    args = build_parser().parse_args(argv)
+    return settings_from(build_parser().parse_args(argv))
+
+
+def settings_from(args: argparse.Namespace) -> SearchSettings:
+    """Validated search settings from parsed arguments."""
     profile = restrict(resolve_profile(args.profile, resolve_device(args.device)),
                        split_list(args.architectures), split_list(args.widths))
     trials = profile.trials if args.trials is None else args.trials
@@ -64,14 +71,19 @@ def settings_from_args(argv: Sequence[str] | None = None) -> SearchSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the search and print where to look."""
-    settings = settings_from_args(argv)
+    """Run the search, export its best model and print where to look."""
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
     if settings.data == DEFAULT_DATA:
         ensure_default_data(DEFAULT_DATA)
     result = run_search(settings)
     print(describe(result))
+    if result.best_run_id and not args.no_export:
+        os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; export gets its own
+        print(export_model(result.best_run_id, settings.experiment))
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0 if result.best_run_id else 1
+
 
 
 if __name__ == "__main__":

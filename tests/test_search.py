@@ -140,7 +140,7 @@ def test_train_cli_bad_parameters(isles_dir, workdir, args, needle):
 def test_two_workers_share_one_study(isles_dir, workdir):
     args = ["--data", str(isles_dir), "--trials", "1", "--epochs", "1", "--study", "shared",
             "--storage", f"sqlite:///{workdir}/optuna.db", "--experiment", "e", "--device", "cpu",
-            "--architectures", "segresnet3d", "--widths", "0.0625"]
+            "--architectures", "segresnet3d", "--widths", "0.0625", "--no-export"]
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
     workers = [subprocess.Popen([sys.executable, "-m", "mlproject.train", *args, "--seed", str(i)], cwd=workdir,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -15,7 +15,6 @@ This is the only module that knows MLflow's names and the run structure:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from benchmark.errors import ParameterError
+from benchmark.locks import sqlite_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "strokelens"
@@ -51,21 +51,6 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the store, create it and the experiment once; returns the experiment id.
 
@@ -77,7 +62,7 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     for name in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter, not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        with _store_lock(uri):
+        with sqlite_lock(uri):
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
