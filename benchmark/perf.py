@@ -11,6 +11,10 @@ input, parameters frozen: the targets are checked against this one; a default ba
 computes parameter gradients is reported beside it) on ``unet3d`` at the default width (0.25) and at full width, at
 48×48×19, medians over repeats; and the seed's filter sweep (raw + 10 pass + 5 clamp,
 layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×.
+``onnx``: latency (median over repeats, batch 1) and throughput (batch 4) of PyTorch eager and
+onnxruntime on every available provider (TensorRT, CUDA, CPU; the provider actually used is
+named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid.
+Target on CPU: onnxruntime ≤ 0.6× PyTorch's latency.
 """
 
 from __future__ import annotations
@@ -191,10 +195,53 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
     return {"benchmark": "lrp", "grid_xyz": list(grid_xyz), "repeats": repeats, "results": rows}
 
 
+def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), repeats: int = 7) -> dict:
+    """Latency and throughput of PyTorch and onnxruntime (see the module docstring)."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    import models
+    from benchmark.preprocessing import PreprocessConfig
+    from models.export import PROVIDER_ORDER, Segmenter, export_onnx
+
+    torch.manual_seed(0)
+    model = models.build("unet3d", 6, width=width).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        report = export_onnx(model, Path(tmp) / "model.onnx", PreprocessConfig().to_dict())
+        sessions = {}
+        for provider in [p for p in PROVIDER_ORDER if p in ort.get_available_providers()]:
+            segmenter = Segmenter(report.onnx_path, providers=[provider])
+            if segmenter.provider == provider:  # onnxruntime-gpu falls back to CPU silently: skip those
+                sessions[provider] = segmenter
+        for grid in grids_xyz:
+            dhw = (grid[2], grid[1], grid[0])
+            single = torch.rand(1, 6, *dhw)
+            batch = torch.rand(4, 6, *dhw)
+            with torch.no_grad():
+                eager = _median_seconds(lambda x=single: model(x), repeats)
+                eager_batch = _median_seconds(lambda x=batch: model(x), max(1, repeats // 2))
+            row = {"grid_xyz": list(grid), "pytorch_eager": {"latency_s": eager, "volumes_per_s": 4 / eager_batch}}
+            single_np, batch_np = single.numpy(), batch.numpy()
+            for provider, segmenter in sessions.items():
+                latency = _median_seconds(lambda x=single_np, s=segmenter: s.logits(x), repeats)
+                throughput = _median_seconds(lambda x=batch_np, s=segmenter: s.logits(x), max(1, repeats // 2))
+                row[provider] = {"latency_s": latency, "volumes_per_s": 4 / throughput,
+                                 "latency_ratio_to_pytorch": latency / eager}
+            rows.append(row)
+    cpu = rows[0].get("CPUExecutionProvider", {})
+    return {"benchmark": "onnx", "architecture": "unet3d", "width": width, "repeats": repeats,
+            "max_abs_diff": report.max_abs_diff, "providers": list(sessions), "results": rows,
+            "target_cpu_latency_ratio": 0.6,
+            "meets_target": cpu.get("latency_ratio_to_pytorch", float("inf")) <= 0.6}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)
-    parser.add_argument("what", choices=["synth", "train", "lrp"])
+    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx"])
     parser.add_argument("--width", type=float, default=0.25, help="train: width multiplier")
     parser.add_argument("--steps", type=int, default=5, help="train: timed steps per architecture")
     parser.add_argument("--json", default="", help="write the result here too")
@@ -207,8 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = bench_synth(repeats=args.repeats)
     elif args.what == "train":
         result = bench_train(width=args.width, steps=args.steps)
-    else:
+    elif args.what == "lrp":
         result = bench_lrp(repeats=args.repeats)
+    else:
+        result = bench_onnx(repeats=args.repeats)
     result["device_info"] = device_info()
     text = json.dumps(result, indent=2)
     print(text)
