@@ -20,6 +20,7 @@ from torch import nn
 
 from benchmark.errors import ParameterError
 from explain.rules import Rule
+from models.blocks import Add, Concat, Multiply, Upsample
 
 Tensor = torch.Tensor
 
@@ -138,14 +139,11 @@ class Composite:
 
 
 def _is_combiner(module: nn.Module) -> bool:
-    from models.blocks import Add, Concat, Multiply, Upsample
-
     return isinstance(module, Add | Concat | Multiply | Upsample)
 
 
 def _is_router(module: nn.Module) -> bool:
-    from models.blocks import Concat
-
+    """Concatenation: autograd's slicing splits relevance exactly, no rule needed."""
     return isinstance(module, Concat)
 
 
