@@ -220,6 +220,17 @@ def isles_case(folder: Path, modalities: Sequence[str] = MODALITIES, with_eviden
     return CaseRef(folder.name, images, labels[0] if labels else None, evidence, ev_modalities, clinical)
 
 
+def _channel_files(folder: Path, ending: str) -> dict[str, dict[int, Path]]:
+    """``{case}_{XXXX}<ending>`` files of a folder as {case: {channel: path}} (``ending`` a regex)."""
+    pattern = re.compile(rf"(.+)_(\d{{4}}){ending}$")
+    cases: dict[str, dict[int, Path]] = {}
+    for p in folder.iterdir():
+        match = pattern.match(p.name)
+        if match:
+            cases.setdefault(match.group(1), {})[int(match.group(2))] = p
+    return cases
+
+
 def _discover_nnunet(root: Path, modalities: tuple[str, ...], with_evidence: bool) -> list[CaseRef]:
     meta_path = root / "dataset.json"
     try:
@@ -237,12 +248,7 @@ def _discover_nnunet(root: Path, modalities: tuple[str, ...], with_evidence: boo
         folder = root / images_dir
         if not folder.is_dir():
             continue
-        pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(ending)}$")
-        cases: dict[str, dict[int, Path]] = {}
-        for p in folder.iterdir():
-            match = pattern.match(p.name)
-            if match:
-                cases.setdefault(match.group(1), {})[int(match.group(2))] = p
+        cases = _channel_files(folder, re.escape(ending))
         for case_id in sorted(cases, key=_natural_key):
             images = {}
             for name in modalities:
@@ -342,12 +348,7 @@ def image_set(folder: str | Path, modalities: Sequence[str]) -> list[CaseRef]:
         DataError: a case misses a channel or has more channels than ``modalities``.
     """
     folder = Path(folder)
-    pattern = re.compile(r"(.+)_(\d{4})\.nii(\.gz)?$")
-    cases: dict[str, dict[int, Path]] = {}
-    for p in folder.iterdir():
-        match = pattern.match(p.name)
-        if match:
-            cases.setdefault(match.group(1), {})[int(match.group(2))] = p
+    cases = _channel_files(folder, r"\.nii(\.gz)?")
     refs = []
     for case_id in sorted(cases, key=_natural_key):
         channels = cases[case_id]
