@@ -13,8 +13,10 @@ computes parameter gradients is reported beside it) on ``unet3d`` at the default
 layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×.
 ``onnx``: latency (median over repeats, batch 1) and throughput (batch 4) of PyTorch eager and
 onnxruntime on every available provider (TensorRT, CUDA, CPU; the provider actually used is
-named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid.
-Target on CPU: onnxruntime ≤ 0.6× PyTorch's latency.
+named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid,
+plus static int8 (QDQ) on the CPU with its voxel agreement with fp32 (the Dice change on real
+validation cases is what ``mlproject.export --int8-data`` reports). Target on CPU: onnxruntime
+≤ 0.6× PyTorch's latency.
 """
 
 from __future__ import annotations
@@ -204,13 +206,16 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
 
     import models
     from benchmark.preprocessing import PreprocessConfig
-    from models.export import PROVIDER_ORDER, Segmenter, export_onnx
+    from models.export import PROVIDER_ORDER, Segmenter, export_onnx, quantize_int8
 
     torch.manual_seed(0)
     model = models.build("unet3d", 6, width=width).eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         report = export_onnx(model, Path(tmp) / "model.onnx", PreprocessConfig().to_dict())
+        calibration = [torch.rand(1, 6, 19, 48, 48).numpy() for _ in range(4)]
+        int8 = Segmenter(quantize_int8(report.onnx_path, Path(tmp) / "model_int8.onnx", calibration),
+                         providers=["CPUExecutionProvider"])
         sessions = {}
         for provider in [p for p in PROVIDER_ORDER if p in ort.get_available_providers()]:
             segmenter = Segmenter(report.onnx_path, providers=[provider])
@@ -230,6 +235,11 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
                 throughput = _median_seconds(lambda x=batch_np, s=segmenter: s.logits(x), max(1, repeats // 2))
                 row[provider] = {"latency_s": latency, "volumes_per_s": 4 / throughput,
                                  "latency_ratio_to_pytorch": latency / eager}
+            latency = _median_seconds(lambda x=single_np: int8.logits(x), repeats)
+            fp32 = sessions["CPUExecutionProvider"].logits(single_np).argmax(1)
+            row["CPUExecutionProvider_int8"] = {
+                "latency_s": latency, "latency_ratio_to_pytorch": latency / eager,
+                "voxel_agreement_with_fp32": float((int8.logits(single_np).argmax(1) == fp32).mean())}
             rows.append(row)
     cpu = rows[0].get("CPUExecutionProvider", {})
     return {"benchmark": "onnx", "architecture": "unet3d", "width": width, "repeats": repeats,

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not result.best_run_id:
         return 1
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; the next get their own
-    print(export_model(result.best_run_id, settings.experiment))
+    print(export_model(result.best_run_id, settings.experiment, int8_data=data))
     explain.main(["--model", result.best_run_id, "--data", data, "--methods", args.explain_methods,
                   "--filters", args.explain_filters, "--cases", args.explain_cases,
                   "--experiment", settings.experiment, "--seed", str(args.seed)])

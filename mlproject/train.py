@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(describe(result))
     if result.best_run_id and not args.no_export:
         os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; export gets its own
-        print(export_model(result.best_run_id, settings.experiment))
+        print(export_model(result.best_run_id, settings.experiment, int8_data=str(settings.data)))
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0 if result.best_run_id else 1
 

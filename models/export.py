@@ -177,3 +177,41 @@ class Segmenter:
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         return e[:, 1] / e.sum(axis=1)
+
+
+def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: list[np.ndarray]) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on model inputs.
+
+    Args:
+        onnx_path: the fp32 model (its JSON sidecar is copied with ``"precision": "int8"``).
+        out_path: target ``.onnx``.
+        calibration: (1, C, D, H, W) float32 inputs, e.g. prepared training cases.
+
+    Returns:
+        ``out_path``; its sidecar sits beside it.
+    """
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._inputs = iter([{"image": np.ascontiguousarray(x, dtype=np.float32)} for x in calibration])
+
+        def get_next(self):
+            return next(self._inputs, None)
+
+    out_path = Path(out_path)
+    meta = read_sidecar(onnx_path)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser advises pre-processing through warnings on the root logger
+    try:
+        with atomic_file(out_path) as tmp:
+            quantize_static(str(onnx_path), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    with atomic_file(sidecar_path(out_path)) as side:
+        side.write_text(json.dumps({**meta, "precision": "int8"}, indent=2) + "\n")
+    return out_path

@@ -130,9 +130,14 @@ def test_export_registers_the_champion_and_predict_uses_it(checkpoint, isles_dir
     run = client.get_run(version.run_id)
     assert run.data.tags["strokelens.kind"] == "export"
     assert all(v <= 1e-4 for k, v in run.data.metrics.items() if k.startswith("onnx_max_abs_diff"))
-    again = subprocess.run([sys.executable, "-m", "mlproject.export", "--model", str(checkpoint)], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0
+    again = subprocess.run([sys.executable, "-m", "mlproject.export", "--model", str(checkpoint), "--int8-data",
+                            str(isles_dir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "int8 Dice change" in again.stdout
+    int8_run = client.get_run(client.get_model_version("strokelens-segmenter", "2").run_id)
+    assert {"val_dice_fp32", "val_dice_int8", "int8_dice_change"} <= set(int8_run.data.metrics)
+    assert {a.path for a in client.list_artifacts(int8_run.info.run_id, "onnx-int8")} == {
+        "onnx-int8/model_int8.onnx", "onnx-int8/model_int8.json"}
     assert str(client.get_model_version_by_alias("strokelens-segmenter", "champion").version) == "2"
     predicted = _predict(tmp_path, "--input", str(isles_dir / "test_1"), "--output", str(tmp_path / "out"))
     assert predicted.returncode == 0, predicted.stderr

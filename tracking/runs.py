@@ -298,9 +298,11 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool
     import mlflow.onnx
     import numpy as np
     import onnx
+    import onnxruntime
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    onnxruntime.set_default_logger_severity(3)  # MLflow probes CUDA; its absence on a CPU machine is no error
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1, -1), "logits")]))
