@@ -145,7 +145,8 @@ class Segmenter:
         chosen = [p for p in PROVIDER_ORDER if p in available] if providers == "auto" else list(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.log_severity_level = 3  # a missing CUDA library on a CPU machine is no error of the user's
+        options.log_severity_level = 3
+        ort.set_default_logger_severity(3)  # a missing CUDA library on a CPU machine is no error of the user's
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
         except Exception as exc:
