@@ -198,6 +198,8 @@ class SearchResult:
     best_value: float | None
     best_params: dict = field(default_factory=dict)
     states: dict = field(default_factory=dict)
+    ranked_run_ids: list[str] = field(default_factory=list)
+    """MLflow runs of the study's complete trials, best first (what top-k export takes)."""
 
 
 def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.Study:
@@ -350,7 +352,9 @@ def run_search(s: SearchSettings) -> SearchResult:
         if (best_folder / "best.pt").is_file():
             tracking.log_checkpoint(best_folder / "best.pt", preprocess.to_dict())
             tracking.log_figures(sorted((best_folder / "figures").glob("*.png")))
-        return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states)
+        ranked = [t.user_attrs["mlflow_run_id"] for t in sorted(finished, key=lambda t: -t.value)
+                  if "mlflow_run_id" in t.user_attrs]
+        return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states, ranked)
 
 
 def describe(result: SearchResult) -> str:

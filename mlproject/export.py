@@ -37,11 +37,12 @@ def int8_dice_change(onnx_path: Path, int8_path: Path, cases) -> dict[str, float
 
 
 def export_model(reference: str, experiment: str = tracking.DEFAULT_EXPERIMENT, out: str = "",
-                 register: bool = True, int8_data: str = "") -> str:
+                 register: bool = True, int8_data: str = "", champion: bool = True) -> str:
     """Export, verify, log and register one model; returns a line saying where it went.
 
     With ``int8_data`` (a data folder) an int8 model is also made, calibrated on the search's
-    training cases, and its Dice change against fp32 on the validation cases is logged.
+    training cases, and its Dice change against fp32 on the validation cases is logged. With
+    ``champion`` False the new version is registered without moving the ``champion`` alias.
     """
     tracking.setup(experiment)
     checkpoint, preprocess, run_id = tracking.resolve_model(reference, experiment)
@@ -54,7 +55,8 @@ def export_model(reference: str, experiment: str = tracking.DEFAULT_EXPERIMENT, 
                                           "source_run": run_id or ""}) as parent:
             tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
             uri, version = tracking.log_onnx_model(report.onnx_path, report.sidecar_path,
-                                                   len(preprocess["modalities"]), register=register)
+                                                   len(preprocess["modalities"]), register=register,
+                                                   champion=champion)
             quantised = ""
             if int8_data:
                 config = PreprocessConfig.from_dict(preprocess)
@@ -66,7 +68,8 @@ def export_model(reference: str, experiment: str = tracking.DEFAULT_EXPERIMENT, 
                 tracking.log_summary(change)
                 tracking.log_artifacts([int8_path, sidecar_path(int8_path)], "onnx-int8")
                 quantised = f"; int8 Dice change {change['int8_dice_change']:+.4f} on {len(val_refs)} validation cases"
-    where = f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS} (version {version})" if version else uri
+    alias = f"@{tracking.CHAMPION_ALIAS}" if champion else f"/{version}"
+    where = f"models:/{tracking.REGISTERED_MODEL}{alias} (version {version})" if version else uri
     return (f"exported {model.build_config['name']} to ONNX (max |onnxruntime − PyTorch| {report.worst:.2e}); "
             f"logged under MLflow run {parent.info.run_id}: {where}{quantised}")
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmark.defaults import DEFAULT_DATA, ensure_default_data
+from benchmark.errors import ParameterError
 from benchmark.search import PROFILES, SearchSettings, describe, resolve_profile, restrict, run_search
 from benchmark.training import resolve_device
 from mlproject._cli import ArgumentParser, run, split_list
@@ -46,7 +47,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--widths", default="", help="comma list of width multipliers (default: the profile's)")
     parser.add_argument("--time-budget", type=float, default=-1,
                         help="seconds after which no new trial or epoch starts (-1: profile's, 0: none)")
-    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the best trial")
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the best trials")
+    parser.add_argument("--top-k", type=int, default=1, help="export the k best trials of the study (the best "
+                        "becomes the champion)")
     parser.add_argument("--checkpoints", default="checkpoints", help="folder for per-epoch checkpoints")
     return parser
 
@@ -73,6 +76,8 @@ def settings_from(args: argparse.Namespace) -> SearchSettings:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the search, export its best model and print where to look."""
     args = build_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise ParameterError(f"top-k must be at least 1 (got {args.top_k}); use --no-export to export nothing")
     settings = settings_from(args)
     if settings.data == DEFAULT_DATA:
         ensure_default_data(DEFAULT_DATA)
@@ -80,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(describe(result))
     if result.best_run_id and not args.no_export:
         os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; export gets its own
-        print(export_model(result.best_run_id, settings.experiment, int8_data=str(settings.data)))
+        for rank, run_id in enumerate(result.ranked_run_ids[:args.top_k]):  # rank 0, the best, is the champion
+            print(export_model(run_id, settings.experiment, int8_data=str(settings.data) if rank == 0 else "",
+                               champion=rank == 0))
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0 if result.best_run_id else 1
 

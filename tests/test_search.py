@@ -127,6 +127,7 @@ def _train_cli(workdir, *args):
     (["--trials", "0"], "trials must be at least 1"),
     (["--storage", "notaurl"], "storage 'notaurl'"),
     (["--architectures", "vnet"], "architecture 'vnet' is unknown"),
+    (["--top-k", "0"], "top-k must be at least 1"),
 ])
 def test_train_cli_bad_parameters(isles_dir, workdir, args, needle):
     result = _train_cli(workdir, "--data", str(isles_dir), *args)
@@ -152,3 +153,18 @@ def test_two_workers_share_one_study(isles_dir, workdir):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     _, runs = _runs(workdir)
     assert sum(r.data.tags.get("strokelens.kind") == "search" for r in runs) == 2
+
+
+def test_train_exports_the_top_k_and_the_best_is_champion(isles_dir, workdir):
+    result = _train_cli(workdir, "--data", str(isles_dir), "--trials", "2", "--epochs", "1", "--study", "k",
+                        "--storage", f"sqlite:///{workdir}/optuna.db", "--device", "cpu", "--architectures",
+                        "segresnet3d", "--widths", "0.0625", "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    versions = client.search_model_versions("name='strokelens-segmenter'")
+    assert len(versions) == 2
+    champion = client.get_model_version_by_alias("strokelens-segmenter", "champion")
+    study = optuna.load_study(study_name="k", storage=f"sqlite:///{workdir}/optuna.db")
+    exported_from = client.get_run(champion.run_id).data.tags["strokelens.model_run"]
+    assert exported_from == study.best_trial.user_attrs["mlflow_run_id"]
+    assert "int8_dice_change" in client.get_run(champion.run_id).data.metrics

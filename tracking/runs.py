@@ -283,8 +283,9 @@ CHAMPION_ALIAS = "champion"
 ONNX_ARTIFACT = "onnx-model"
 
 
-def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool = True) -> tuple[str, str | None]:
-    """Log an exported model with ``mlflow.onnx.log_model`` and register it as the champion.
+def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool = True,
+                   champion: bool = True) -> tuple[str, str | None]:
+    """Log an exported model with ``mlflow.onnx.log_model``, register it, and make it the champion.
 
     The signature takes (-1, C, -1, -1, -1) float32 ``image`` and gives (-1, 2, -1, -1, -1)
     ``logits``; execution providers are CUDA then CPU; the preprocessing JSON travels inside the
@@ -321,7 +322,8 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool
     if not register:
         return info.model_uri, None
     registered = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
-    MlflowClient(tracking_uri()).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
+    if champion:
+        MlflowClient(tracking_uri()).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
     return info.model_uri, str(registered.version)
 
 
