@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None = None):
     return parser.parse_args(argv)
 
 
-def _methods(text: str) -> list[str]:
+def parse_methods(text: str) -> list[str]:
+    """Comma list or ``all`` → method names, or a ParameterError naming the unknown one."""
     names = all_methods() if text.strip() in ("", "all") else split_list(text)
     unknown = [n for n in names if n not in all_methods()]
     if unknown:
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
-    names = _methods(args.methods)
+    names = parse_methods(args.methods)
     filters = parse_filters(split_list(args.filters))
     tracking.setup(args.experiment)
     checkpoint, preprocess, model_run = tracking.resolve_model(args.model, args.experiment)

@@ -9,17 +9,15 @@ issue lands. Every train flag passes through unchanged.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
 from benchmark.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, ensure_default_data
-from benchmark.search import describe, run_search
 from benchmark.summary import summarize_dataset
+from explain.filters import parse_filters
 from mlproject import explain
-from mlproject._cli import ArgumentParser, run
-from mlproject.export import export_model
-from mlproject.train import settings_from_args
+from mlproject._cli import ArgumentParser, run, split_list
+from mlproject.train import parse, search_and_export
 from tracking.runs import tracking_uri
 
 
@@ -34,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--explain-filters", default="raw", help="relevance filters of the explanations")
     parser.add_argument("--explain-cases", default="2", help="validation cases explained")
     args, train_argv = parser.parse_known_args(argv)
-    settings = settings_from_args(["--data", args.data, "--seed", str(args.seed), *train_argv])
+    train_args, settings = parse(["--data", args.data, "--seed", str(args.seed), *train_argv])
+    explain.parse_methods(args.explain_methods)  # refuse bad explanation settings before a long search
+    parse_filters(split_list(args.explain_filters))
     data = args.data
     if not data:
         path, made = ensure_default_data(DEFAULT_DATA, args.cases, args.seed)
@@ -42,12 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = str(path)
     _, lines = summarize_dataset(data, with_baselines=False)
     print("\n".join(lines))
-    result = run_search(settings)
-    print(describe(result))
+    result = search_and_export(train_args, settings)
     if not result.best_run_id:
         return 1
-    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; the next get their own
-    print(export_model(result.best_run_id, settings.experiment, int8_data=data))
     explain.main(["--model", result.best_run_id, "--data", data, "--methods", args.explain_methods,
                   "--filters", args.explain_filters, "--cases", args.explain_cases,
                   "--experiment", settings.experiment, "--seed", str(args.seed)])

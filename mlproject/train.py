@@ -10,7 +10,15 @@ from pathlib import Path
 
 from benchmark.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.errors import ParameterError
-from benchmark.search import PROFILES, SearchSettings, describe, resolve_profile, restrict, run_search
+from benchmark.search import (
+    PROFILES,
+    SearchResult,
+    SearchSettings,
+    describe,
+    resolve_profile,
+    restrict,
+    run_search,
+)
 from benchmark.training import resolve_device
 from mlproject._cli import ArgumentParser, run, split_list
 from mlproject.export import export_model
@@ -56,11 +64,14 @@ def build_parser() -> ArgumentParser:
 
 def settings_from_args(argv: Sequence[str] | None = None) -> SearchSettings:
     """Parse and validate the arguments (before any run is started)."""
-    return settings_from(build_parser().parse_args(argv))
+    return parse(argv)[1]
 
 
-def settings_from(args: argparse.Namespace) -> SearchSettings:
-    """Validated search settings from parsed arguments."""
+def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, SearchSettings]:
+    """Parsed arguments and validated search settings; every bad value is refused before any run."""
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise ParameterError(f"top-k must be at least 1 (got {args.top_k}); use --no-export to export nothing")
     profile = restrict(resolve_profile(args.profile, resolve_device(args.device)),
                        split_list(args.architectures), split_list(args.widths))
     trials = profile.trials if args.trials is None else args.trials
@@ -70,27 +81,29 @@ def settings_from(args: argparse.Namespace) -> SearchSettings:
                               epochs=epochs, study=args.study, storage=args.storage,
                               experiment=args.experiment, seed=args.seed, device=args.device,
                               profile=profile, checkpoints=Path(args.checkpoints), time_budget=budget)
-    return settings
+    return args, settings
+
+
+def search_and_export(args: argparse.Namespace, settings: SearchSettings) -> SearchResult:
+    """Run the search, print its summary, export its ``--top-k`` best trials (unless ``--no-export``)."""
+    result = run_search(settings)
+    print(describe(result))
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` the search used that run; later stages get their own
+    if result.best_run_id and not args.no_export:
+        for rank, run_id in enumerate(result.ranked_run_ids[:args.top_k]):  # rank 0, the best, is the champion
+            print(export_model(run_id, settings.experiment, int8_data=str(settings.data) if rank == 0 else "",
+                               champion=rank == 0))
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the search, export its best model and print where to look."""
-    args = build_parser().parse_args(argv)
-    if args.top_k < 1:
-        raise ParameterError(f"top-k must be at least 1 (got {args.top_k}); use --no-export to export nothing")
-    settings = settings_from(args)
+    args, settings = parse(argv)
     if settings.data == DEFAULT_DATA:
         ensure_default_data(DEFAULT_DATA)
-    result = run_search(settings)
-    print(describe(result))
-    if result.best_run_id and not args.no_export:
-        os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that run is the search's; export gets its own
-        for rank, run_id in enumerate(result.ranked_run_ids[:args.top_k]):  # rank 0, the best, is the champion
-            print(export_model(run_id, settings.experiment, int8_data=str(settings.data) if rank == 0 else "",
-                               champion=rank == 0))
+    result = search_and_export(args, settings)
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0 if result.best_run_id else 1
-
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ TAG_TRIAL = "strokelens.trial"
 TAG_ARCHITECTURE = "strokelens.architecture"
 TAG_PROFILE = "strokelens.profile"
 TAG_BEST_RUN = "strokelens.best_trial_run"
+TAG_MODEL_RUN = "strokelens.model_run"
 
 STATE_COMPLETE, STATE_PRUNED, STATE_FAILED = "complete", "pruned", "failed"
 
@@ -90,9 +91,18 @@ def trial_run_name(number: int, architecture: str) -> str:
 @contextlib.contextmanager
 def search_run(study: str, params: dict, profile: str) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one search invocation; FAILED if the block raises (Ctrl-C included)."""
-    with mlflow.start_run(run_name=search_run_name(study)) as run:
-        mlflow.set_tags({TAG_KIND: "search", TAG_STUDY: study, TAG_PROFILE: profile,
-                         "mlflow.runName": search_run_name(study)})
+    with _stage_run("search", search_run_name(study), params, {TAG_STUDY: study, TAG_PROFILE: profile}) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def _stage_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflow.ActiveRun]:
+    """A top-level run of one pipeline stage (search, explain, export); FAILED if the block raises.
+
+    The name is also set as a tag, so a run that ``mlflow run`` started for the stage gets it too.
+    """
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags({TAG_KIND: kind, "mlflow.runName": name, **tags})
         log_params_once(params)
         yield run
 
@@ -256,10 +266,7 @@ def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple
 def explain_run(model_run: str | None, params: dict) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one ``explain`` invocation; FAILED if the block raises."""
     name = f"explain-{model_run[:8]}" if model_run else "explain"
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tags({TAG_KIND: "explain", "mlflow.runName": name,
-                         "strokelens.model_run": model_run or ""})
-        log_params_once(params)
+    with _stage_run("explain", name, params, {TAG_MODEL_RUN: model_run or ""}) as run:
         yield run
 
 
@@ -349,7 +356,5 @@ def download_onnx_model(uri: str) -> tuple[Path, Path]:
 def export_run(source_run: str | None, params: dict) -> Iterator[mlflow.ActiveRun]:
     """The run that holds an exported model; FAILED if the block raises."""
     name = f"export-{source_run[:8]}" if source_run else "export"
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tags({TAG_KIND: "export", "mlflow.runName": name, "strokelens.model_run": source_run or ""})
-        log_params_once(params)
+    with _stage_run("export", name, params, {TAG_MODEL_RUN: source_run or ""}) as run:
         yield run
