@@ -129,7 +129,8 @@ class Segmenter:
     Args:
         onnx_path: the model.
         sidecar: its JSON (default: beside it, ``model.json`` for ``model.onnx``).
-        providers: ``auto`` (TensorRT, CUDA, CPU in that order where available) or a list.
+        providers: ``auto`` (TensorRT, CUDA, CPU in that order where available; GPU providers only
+            when a CUDA device is visible) or a list.
         threads: CPU intra-op threads (default: all cores).
     """
 
@@ -142,7 +143,11 @@ class Segmenter:
             raise DataError(f"ONNX model '{self.path}' does not exist: export one with mlproject.export")
         self.meta = read_sidecar(self.path, sidecar)
         available = ort.get_available_providers()
-        chosen = [p for p in PROVIDER_ORDER if p in available] if providers == "auto" else list(providers)
+        if providers == "auto":  # onnxruntime-gpu lists GPU providers without a GPU; ask for them only with one
+            wanted = PROVIDER_ORDER if torch.cuda.is_available() else ("CPUExecutionProvider",)
+            chosen = [p for p in wanted if p in available]
+        else:
+            chosen = list(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
