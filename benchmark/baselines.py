@@ -73,3 +73,53 @@ def best_combined_rule(table: dict[str, np.ndarray], label: np.ndarray, steps: i
                     best = RuleScore(f"(Tmax > {a:.3g} s and rCBF < {b:.3g}) or ADC < {c:.3g} mm²/s",
                                      score)
     return best
+
+
+CLINICAL_RULES: tuple[str, ...] = ("core_rcbf30", "hypoperfusion_tmax6", "core_or_hypoperfusion")
+"""The clinical threshold rules, in the order the leaderboard lists them."""
+
+
+def lateral_axis(affine: np.ndarray) -> int:
+    """The array axis, in (D, H, W) order, that runs left–right (world x) under ``affine``.
+
+    Array axes are the NIfTI voxel axes reversed: (D, H, W) = (k, j, i).
+    """
+    voxel_axis = int(np.argmax(np.abs(np.asarray(affine)[0, :3])))
+    return 2 - voxel_axis
+
+
+def hemispheres(brain: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The brain split at its centre of mass along ``axis``: (low side, high side) boolean masks."""
+    index = np.nonzero(brain)[axis]
+    middle = float(index.mean()) if index.size else brain.shape[axis] / 2
+    shape = [1, 1, 1]
+    shape[axis] = brain.shape[axis]
+    coordinate = np.arange(brain.shape[axis]).reshape(shape)
+    return brain & (coordinate < middle), brain & (coordinate >= middle)
+
+
+def clinical_masks(maps: dict[str, np.ndarray], affine: np.ndarray, rcbf_fraction: float = 0.3,
+                   tmax_seconds: float = 6.0) -> dict[str, np.ndarray]:
+    """The clinical rules on one case's raw maps, as (D, H, W) boolean masks.
+
+    * ``hypoperfusion_tmax6``: Tmax > 6 s inside the brain;
+    * ``core_rcbf30``: rCBF < 30 % of the mean rCBF of the contralateral (unaffected) hemisphere.
+      The hemispheres are split at the brain's centre of mass along the left–right axis of the
+      affine; the affected one is the one with the larger hypoperfused volume, so the reference
+      needs no ground truth;
+    * ``core_or_hypoperfusion``: their union.
+
+    Args:
+        maps: at least ``rCBF`` (relative units) and ``Tmax`` (s), (D, H, W) each.
+        affine: the case's voxel-to-world matrix.
+        rcbf_fraction: the core threshold as a fraction of the contralateral mean.
+        tmax_seconds: the hypoperfusion threshold in s.
+    """
+    rcbf, tmax = maps["rCBF"], maps["Tmax"]
+    brain = np.any(np.stack(list(maps.values())) != 0, axis=0)
+    hypoperfused = brain & (tmax > tmax_seconds)
+    low, high = hemispheres(brain, lateral_axis(affine))
+    healthy = high if (hypoperfused & low).sum() >= (hypoperfused & high).sum() else low
+    reference = float(rcbf[healthy].mean()) if healthy.any() else float(rcbf[brain].mean()) if brain.any() else 0.0
+    core = brain & (rcbf < rcbf_fraction * reference)
+    return {"core_rcbf30": core, "hypoperfusion_tmax6": hypoperfused, "core_or_hypoperfusion": core | hypoperfused}

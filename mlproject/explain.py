@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         case_id=p.case_id, heavy=args.heavy, seed=args.seed)
             for e in explanations:
                 results.setdefault((method, e.filter.name), []).append(e)
-        table = []
+        table, per_case = [], []
         for (method, filter_name), explanations in results.items():
             f = explanations[0].filter
             run_params = {"method": method, "filter": filter_name, "filter_kind": f.kind, "filter_mode": f.mode,
@@ -116,11 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tracking.log_artifacts(_case_outputs(folder / method, explanations, cases, prepared, config),
                                            "relevance")
                 table.append({"run_id": child.info.run_id, "method": method, "filter": filter_name, **means})
+                per_case += [{"run_id": child.info.run_id, "method": method, "filter": filter_name,
+                              "case": e.case_id, **e.metrics} for e in explanations]
         summary = folder / "explanations.csv"
         import pandas as pd
 
         pd.DataFrame(table).to_csv(summary, index=False)
         tracking.log_artifacts([summary], "")
+        tracking.log_cases(per_case)
         print(f"explained {len(cases)} cases with {len(names)} methods and {len(filters)} filters: "
               f"{len(table)} runs under MLflow run {parent.info.run_id}")
         best = max((row for row in table if "evidence_mass_accuracy" in row),

@@ -1,10 +1,12 @@
 """``mlflow run .`` / ``python -m mlproject.main``: the whole pipeline on one data folder.
 
-Today: synthetic data when no ``--data`` is given (generated once, then reused) → a summary of the
-data → the hyper-parameter search (``mlproject.train``) → ONNX export of its best model, registered
-as ``strokelens-segmenter@champion`` (``mlproject.export``) → explanations of the best model
-(``mlproject.explain``, every method, unfiltered, two validation cases); the report joins when its
-issue lands. Every train flag passes through unchanged.
+Synthetic data when no ``--data`` is given (generated once, then reused) → a summary of the data →
+the hyper-parameter search (``mlproject.train``) → ONNX export of its best model, registered as
+``strokelens-segmenter@champion`` (``mlproject.export``) → the architecture leaderboard's figures
+for the best trial of every architecture and the clinical rules (``mlproject.evaluate``) →
+explanations of the best model by every method under the seed's filter sweep, layer-wise and
+post-hoc (``mlproject.explain``) → the leaderboard report (``mlproject.report``). Every train flag
+passes through unchanged.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from collections.abc import Sequence
 from benchmark.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, ensure_default_data
 from benchmark.summary import summarize_dataset
 from explain.filters import parse_filters
-from mlproject import explain
+from mlproject import evaluate, explain, report
 from mlproject._cli import ArgumentParser, run, split_list
 from mlproject.train import parse, search_and_export
 from tracking.runs import tracking_uri
+
+DEFAULT_FILTERS = "seed_sweep,seed_sweep_post"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="training cases of the synthetic default when it is generated")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the data and the search")
     parser.add_argument("--explain-methods", default="all", help="methods explained after the search")
-    parser.add_argument("--explain-filters", default="raw", help="relevance filters of the explanations")
+    parser.add_argument("--explain-filters", default=DEFAULT_FILTERS, help="relevance filters of the explanations")
     parser.add_argument("--explain-cases", default="2", help="validation cases explained")
+    parser.add_argument("--report-out", default="reports", help="folder that receives the report (<study>/)")
     args, train_argv = parser.parse_known_args(argv)
     train_args, settings = parse(["--data", args.data, "--seed", str(args.seed), *train_argv])
     explain.parse_methods(args.explain_methods)  # refuse bad explanation settings before a long search
@@ -43,11 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, lines = summarize_dataset(data, with_baselines=False)
     print("\n".join(lines))
     result = search_and_export(train_args, settings)
-    if not result.best_run_id:
+    report_args = ["--study", settings.study, "--experiment", settings.experiment, "--out", args.report_out]
+    if not result.best_run_id:  # no trial finished: report what the pruned ones show, then fail
+        report.main(report_args)
         return 1
+    print(evaluate.evaluate_study(settings.study, settings.experiment, data, seed=args.seed))
     explain.main(["--model", result.best_run_id, "--data", data, "--methods", args.explain_methods,
                   "--filters", args.explain_filters, "--cases", args.explain_cases,
                   "--experiment", settings.experiment, "--seed", str(args.seed)])
+    report.main(report_args)
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0
 

@@ -16,6 +16,7 @@ on a GPU.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHEC
 
     path = Path(path)
     model = model.eval()
+    # the exporter lists every torchvision operator it cannot register; strokelens uses none of them
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     channels = len(preprocess["modalities"])
     generator = torch.Generator().manual_seed(seed)
     example = torch.rand(1, channels, *grids[0], generator=generator)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint read is noise
     for name in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter, not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
@@ -266,7 +268,8 @@ def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple
 def explain_run(model_run: str | None, params: dict) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one ``explain`` invocation; FAILED if the block raises."""
     name = f"explain-{model_run[:8]}" if model_run else "explain"
-    with _stage_run("explain", name, params, {TAG_MODEL_RUN: model_run or ""}) as run:
+    tags = {TAG_MODEL_RUN: model_run or "", TAG_STUDY: study_of(model_run)}
+    with _stage_run("explain", name, params, tags) as run:
         yield run
 
 
@@ -358,3 +361,60 @@ def export_run(source_run: str | None, params: dict) -> Iterator[mlflow.ActiveRu
     name = f"export-{source_run[:8]}" if source_run else "export"
     with _stage_run("export", name, params, {TAG_MODEL_RUN: source_run or ""}) as run:
         yield run
+
+
+@contextlib.contextmanager
+def evaluate_run(study: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one ``evaluate`` invocation (``evaluate-<study>``); FAILED if the block raises."""
+    with _stage_run("evaluate", f"evaluate-{study}", params, {TAG_STUDY: study}) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def evaluation_run(study: str, architecture: str, model_run: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """A nested run with the leaderboard figures of one architecture's best trial."""
+    with mlflow.start_run(run_name=f"evaluation-{architecture}", nested=True) as run:
+        mlflow.set_tags({TAG_KIND: "evaluation", TAG_STUDY: study, TAG_ARCHITECTURE: architecture,
+                         TAG_MODEL_RUN: model_run})
+        mlflow.log_params(params)
+        yield run
+
+
+@contextlib.contextmanager
+def baseline_run(study: str, rule: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """A nested run with the leaderboard figures of one clinical threshold rule."""
+    with mlflow.start_run(run_name=f"baseline-{rule}", nested=True) as run:
+        mlflow.set_tags({TAG_KIND: "baseline", TAG_STUDY: study, TAG_ARCHITECTURE: rule})
+        mlflow.log_params(params)
+        yield run
+
+
+CASES_TABLE = "cases.csv"
+"""Per-case rows of an evaluation, baseline or explain run."""
+
+
+def log_cases(rows: list[dict]) -> None:
+    """Log per-case rows as the active run's :data:`CASES_TABLE` artifact."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CASES_TABLE
+        pd.DataFrame(rows).to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
+@contextlib.contextmanager
+def report_run(study: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The run that holds a leaderboard report (``report-<study>``); FAILED if the block raises."""
+    with _stage_run("report", f"report-{study}", params, {TAG_STUDY: study}) as run:
+        yield run
+
+
+def study_of(run_id: str | None) -> str:
+    """The study tag of a run (a trial), or ``""``."""
+    if not run_id:
+        return ""
+    try:
+        return MlflowClient(tracking_uri()).get_run(run_id).data.tags.get(TAG_STUDY, "")
+    except Exception:
+        return ""

@@ -1,0 +1,285 @@
+"""The leaderboard: clinical rules, perturbations, ranking rules, and the whole pipeline down to the report."""
+
+import base64
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmark.baselines import clinical_masks, hemispheres, lateral_axis
+from benchmark.errors import DataError
+from benchmark.evaluation import perturb
+from benchmark.leaderboard import StudyRuns, architecture_table, explanation_table, floor_value
+from benchmark.report import build_report
+from benchmark.synthetic import write_dataset
+from tracking.records import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "lb"
+
+
+# --- clinical rules and perturbations ----------------------------------------------------------
+
+def _maps(shape=(4, 6, 10)):
+    """Brain everywhere; the high-W hemisphere holds a hypoperfused region with a core inside."""
+    rcbf = np.full(shape, 0.5, np.float32)  # affected (high-W) hemisphere: low flow overall
+    tmax = np.full(shape, 1.0, np.float32)
+    rcbf[:, :, 0:5] = 1.0  # healthy (low-W) hemisphere: mean 1.0, core threshold 0.3
+    tmax[1:3, 1:4, 6:9] = 9.0  # hypoperfusion in the high-W hemisphere
+    rcbf[1:3, 1:4, 6:9] = 0.4  # penumbra: above 0.3
+    rcbf[1:3, 2:3, 7:8] = 0.2  # core: below 0.3
+    return {"rCBF": rcbf, "Tmax": tmax}
+
+
+def test_clinical_rules_use_the_contralateral_hemisphere_as_reference():
+    maps = _maps()
+    masks = clinical_masks(maps, np.eye(4))
+    expected_core = np.zeros(maps["rCBF"].shape, bool)
+    expected_core[1:3, 2:3, 7:8] = True
+    expected_hypo = np.zeros_like(expected_core)
+    expected_hypo[1:3, 1:4, 6:9] = True
+    assert (masks["core_rcbf30"] == expected_core).all()
+    assert (masks["hypoperfusion_tmax6"] == expected_hypo).all()
+    assert (masks["core_or_hypoperfusion"] == (expected_core | expected_hypo)).all()
+    affected_mean = maps["rCBF"][:, :, 5:].mean()  # the affected side as reference would call no voxel core
+    assert not (maps["rCBF"] < 0.3 * affected_mean).any()
+    mirrored = clinical_masks({k: v[:, :, ::-1] for k, v in maps.items()}, np.eye(4))  # lesion on the other side
+    assert (mirrored["core_rcbf30"] == expected_core[:, :, ::-1]).all()
+
+
+def test_lateral_axis_follows_the_affine():
+    assert lateral_axis(np.eye(4)) == 2  # NIfTI i = world x = array W
+    swapped = np.array([[0, 0, 2.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    assert lateral_axis(swapped) == 0  # world x along NIfTI k = array D
+    brain = np.zeros((2, 2, 8), bool)
+    brain[:, :, 2:8] = True
+    low, high = hemispheres(brain, 2)
+    assert low.sum() == high.sum() == 12 and not (low & high).any() and ((low | high) == brain).all()
+
+
+def test_perturbations_have_the_documented_size():
+    rng = np.random.default_rng(0)
+    image = np.ones((3, 10, 20, 20), np.float32)
+    noisy = perturb(image, "noise", rng)
+    assert abs(float((noisy - image).std()) - 0.15) < 0.005
+    scaled = perturb(image, "noise", rng, scale=np.array([1.0, 2.0, 4.0]))
+    assert abs(float((scaled[2] - 1).std()) - 0.6) < 0.02
+    zeroed = perturb(image, "zero_half", rng)
+    voxel_zero = (zeroed == 0).all(axis=0)
+    assert abs(voxel_zero.mean() - 0.5) < 0.03 and ((zeroed == 0).any(axis=0) == voxel_zero).all()
+
+
+# --- ranking rules on hand-made records --------------------------------------------------------
+
+def _record(run_id, kind, architecture="", state="", metrics=None, params=None, model_run=""):
+    tags = {"strokelens.kind": kind, "strokelens.architecture": architecture, "strokelens.state": state,
+            "strokelens.model_run": model_run}
+    return RunRecord(run_id, run_id, "FINISHED", 0, "", tags, params or {}, metrics or {})
+
+
+def test_architecture_table_ranks_by_dice_then_hd95_and_counts_trials():
+    trials = [_record("t1", "trial", "unet3d", "complete", {"best_val_dice": 0.7, "param_count": 10,
+                                                            "seconds_per_epoch": 2.0, "epochs_run": 5}),
+              _record("t2", "trial", "unet3d", "pruned", {"best_val_dice": 0.8}),
+              _record("t3", "trial", "segresnet3d", "complete", {"best_val_dice": 0.6, "param_count": 20,
+                                                                 "seconds_per_epoch": 1.0, "epochs_run": 3}),
+              _record("t4", "trial", "segresnet3d", "failed")]
+    evaluations = [_record("e1", "evaluation", "unet3d", metrics={"dice_mean": 0.5, "hd95_mean": 9.0},
+                           model_run="t1"),
+                   _record("e2", "evaluation", "segresnet3d", metrics={"dice_mean": 0.5, "hd95_mean": 4.0},
+                           model_run="t3")]
+    baselines = [_record("b1", "baseline", "core_rcbf30", metrics={"dice_mean": 0.55, "hd95_mean": 30.0})]
+    table = architecture_table(StudyRuns("e", "s", trials=trials, evaluations=evaluations, baselines=baselines))
+    assert list(table["name"]) == ["core_rcbf30", "segresnet3d", "unet3d"]  # equal Dice: lower HD95 first
+    assert list(table["rank"]) == [1, 2, 3]
+    unet = table[table["name"] == "unet3d"].iloc[0]
+    assert (unet["trials"], unet["pruned"], unet["failed"]) == (2, 1, 0)
+    assert unet["run_id"] == "e1" and unet["trial_run"] == "t1"  # the evaluated (complete) trial, not the pruned one
+    assert unet["train_s"] == 10.0 and unet["params"] == 10
+    assert table[table["name"] == "core_rcbf30"].iloc[0]["kind"] == "clinical rule"
+
+
+def test_explanation_table_ranks_by_mean_rank_and_marks_the_random_floor():
+    def explanation(run_id, method, filter_name, ema, rma, rra, cover, seconds=1.0):
+        mode = "post" if filter_name.startswith("post_") else "layer"
+        kind = "raw" if filter_name == "raw" else "pass"
+        return _record(run_id, "explanation", params={"method": method, "filter": filter_name, "filter_kind": kind,
+                                                      "filter_mode": mode},
+                       metrics={"evidence_mass_accuracy": ema, "relevance_mass_accuracy": rma,
+                                "relevance_rank_accuracy": rra, "blrp_to_ot": cover, "seconds_per_volume": seconds})
+
+    runs = StudyRuns("e", "s", explanations=[
+        explanation("a", "lrp_zplus", "raw", 0.8, 0.5, 0.6, 0.7),
+        explanation("b", "lrp_zplus", "pass_0_0.2", 0.9, 0.4, 0.5, 0.2),
+        explanation("c", "gradient", "raw", 0.3, 0.2, 0.6, 0.1, seconds=0.5),
+        explanation("d", "random", "raw", 0.1, 0.1, 0.1, 0.5),
+    ])
+    table = explanation_table(runs)
+    # ranks per key (1 best, ties averaged): a (2,1,1.5,1) → 1.375; b (1,2,3,3) → 2.25; c (3,3,1.5,4) → 2.875;
+    # d (4,4,4,2) → 3.5
+    assert list(table["run_id"]) == ["a", "b", "c", "d"]
+    assert np.allclose(table["rank_score"], [1.375, 2.25, 2.875, 3.5])
+    assert floor_value(table) == 0.1
+    assert list(table["above_floor"]) == [True, True, True, False]
+    assert list(table["kind"]) == ["LRP", "LRP", "baseline", "floor"]
+    assert list(table["mode"]) == ["raw", "layer", "raw", "raw"]
+
+
+class _EmptyStore:
+    """A store whose study has only failed trials, and no explanation."""
+
+    experiment, experiment_id = "e", "1"
+
+    def runs(self, kind, study=None, extra=""):
+        return [_record("t", "trial", "unet3d", "failed")] if kind == "trial" else []
+
+    def children(self, parent, kind):
+        return []
+
+    def studies(self):
+        return []
+
+
+def test_nothing_to_report_is_an_error_that_says_what_is_missing(tmp_path):
+    with pytest.raises(DataError, match="nothing to report.*no trial of study 's' finished"):
+        build_report("s", "e", tmp_path, store=_EmptyStore())
+    assert not (tmp_path / "s").exists()
+
+
+# --- the whole pipeline -----------------------------------------------------------------------
+
+def _env(workdir):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+
+
+def _python(workdir, module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=workdir, env=_env(workdir),
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """``mlproject.main`` on 8 small synthetic cases: search → export → evaluate → explain → report."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    data = write_dataset(workdir / "data", 8, seed=5, shapes=[(48, 48, 10)], test_cases=0, progress=False)
+    result = _python(workdir, "mlproject.main", "--data", str(data), "--study", STUDY, "--trials", "2", "--epochs", "2",
+                     "--architectures", "unet3d,segresnet3d", "--widths", "0.125", "--explain-methods",
+                     "lrp_zplus_zbox,gradient,random", "--explain-filters", "raw,pass_0_0.2,post_pass_0.2_1",
+                     "--explain-cases", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result
+
+
+def _mlflow(workdir):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("strokelens")
+    return client, client.search_runs([experiment.experiment_id], max_results=5000)
+
+
+def test_pipeline_writes_every_report_file(pipeline):
+    workdir, result = pipeline
+    folder = workdir / "reports" / STUDY
+    for name in ("leaderboard.html", "leaderboard.md", "architectures.csv", "explanations.csv",
+                 "architecture_cases.csv", "explanation_cases.csv"):
+        assert (folder / name).is_file(), name
+    figures = sorted(p.name for p in (folder / "figures").glob("*.png"))
+    assert "dice_by_volume.png" in figures and "filter_sweep_evidence_mass_accuracy.png" in figures
+    assert {f"heatmap_{k}.png" for k in ("evidence_mass_accuracy", "relevance_mass_accuracy",
+                                         "relevance_rank_accuracy", "blrp_to_ot")} <= set(figures)
+    assert any(f.startswith("overlay_best_") for f in figures)
+    assert f"report: reports/{STUDY}/leaderboard.html" in result.stdout
+
+
+def test_html_is_self_contained_with_every_figure_embedded(pipeline):
+    workdir, _ = pipeline
+    folder = workdir / "reports" / STUDY
+    page = (folder / "leaderboard.html").read_text(encoding="utf-8")
+    assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(list((folder / "figures").glob("*.png")))
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "How the tables rank" in page and "random floor" in page
+    markdown = (folder / "leaderboard.md").read_text(encoding="utf-8")
+    for link in re.findall(r"\]\((figures/[^)]+)\)", markdown):
+        assert (folder / link).is_file()
+
+
+def test_architecture_leaderboard_has_networks_rules_and_traceable_numbers(pipeline):
+    workdir, _ = pipeline
+    table = pd.read_csv(workdir / "reports" / STUDY / "architectures.csv")
+    assert set(table[table["kind"] == "network"]["name"]) <= {"unet3d", "segresnet3d"}
+    assert set(table[table["kind"] == "clinical rule"]["name"]) == {"core_rcbf30", "hypoperfusion_tmax6",
+                                                                    "core_or_hypoperfusion"}
+    assert list(table["dice_mean"]) == sorted(table["dice_mean"], reverse=True)
+    networks = table[table["kind"] == "network"]
+    assert (networks["latency_torch_s"] > 0).all() and (networks["latency_onnx_s"] > 0).all()
+    assert networks[["dice_noise_mean", "dice_zero_half_mean", "params", "train_s", "trials"]].notna().all().all()
+    client, runs = _mlflow(workdir)
+    by_id = {r.info.run_id: r for r in runs}
+    for row in table.itertuples():
+        run = by_id[row.run_id]
+        assert abs(run.data.metrics["dice_mean"] - row.dice_mean) < 1e-9
+    cases = pd.read_csv(workdir / "reports" / STUDY / "architecture_cases.csv")
+    assert {"case", "lesion_ml", "dice", "dice_noise", "dice_zero_half", "run_id"} <= set(cases.columns)
+    assert cases.groupby("name")["case"].nunique().eq(2).all()  # 8 cases → 2 validation cases each
+
+
+def test_explanation_leaderboard_ranks_methods_and_filters(pipeline):
+    workdir, _ = pipeline
+    table = pd.read_csv(workdir / "reports" / STUDY / "explanations.csv")
+    pairs = set(zip(table["method"], table["filter"]))
+    assert {("lrp_zplus_zbox", "raw"), ("lrp_zplus_zbox", "pass_0_0.2"), ("lrp_zplus_zbox", "post_pass_0.2_1"),
+            ("gradient", "raw"), ("gradient", "post_pass_0.2_1"), ("random", "raw")} <= pairs
+    assert ("gradient", "pass_0_0.2") not in pairs  # baselines take no layer-wise filter
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert list(table["rank_score"]) == sorted(table["rank_score"])
+    assert table.loc[table["method"] == "random", "kind"].eq("floor").all()
+    assert "evidence_mass_accuracy_sd" in table.columns
+    client, runs = _mlflow(workdir)
+    kinds = {r.info.run_id: r.data.tags.get("strokelens.kind") for r in runs}
+    assert all(kinds[r] == "explanation" for r in table["run_id"])
+
+
+def test_report_run_holds_the_report_in_mlflow(pipeline):
+    workdir, _ = pipeline
+    client, runs = _mlflow(workdir)
+    reports = [r for r in runs if r.data.tags.get("strokelens.kind") == "report"]
+    assert len(reports) == 1 and reports[0].data.tags["strokelens.study"] == STUDY
+    files = {a.path for a in client.list_artifacts(reports[0].info.run_id, "report")}
+    assert {"report/leaderboard.html", "report/leaderboard.md", "report/architectures.csv", "report/figures"} <= files
+    evaluations = [r for r in runs if r.data.tags.get("strokelens.kind") == "evaluation"]
+    assert evaluations and all("cases.csv" in {a.path for a in client.list_artifacts(r.info.run_id)}
+                               for r in evaluations)
+
+
+def test_report_of_a_missing_study_or_experiment_fails_in_one_line(pipeline):
+    workdir, _ = pipeline
+    result = _python(workdir, "mlproject.report", "--study", "nope")
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.strip().count("\n") == 0 and "study 'nope'" in result.stderr and STUDY in result.stderr
+    result = _python(workdir, "mlproject.report", "--experiment", "absent")
+    assert result.returncode == 2 and "experiment 'absent' does not exist" in result.stderr
+    assert not (workdir / "reports" / "nope").exists()
+
+
+def test_report_without_explanations_or_evaluation_builds_what_it_can(pipeline):
+    workdir, _ = pipeline
+    data = workdir / "data"
+    result = _python(workdir, "mlproject.train", "--data", str(data), "--study", "bare", "--trials", "1",
+                     "--epochs", "1", "--architectures", "unet3d", "--widths", "0.125", "--no-export")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = _python(workdir, "mlproject.report", "--study", "bare")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "missing: no finished explain run" in result.stdout and "missing: no evaluation" in result.stdout
+    with open(workdir / "reports" / "bare" / "architectures.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["unet3d"] and rows[0]["source"] == "trial (best epoch)"
+    page = (workdir / "reports" / "bare" / "leaderboard.html").read_text(encoding="utf-8")
+    assert "No explanation has been computed" in page and "Missing" in page

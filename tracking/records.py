@@ -1,0 +1,154 @@
+"""Reading the runs of a study back from MLflow as plain records (what the report and evaluate use).
+
+The run structure is the one :mod:`tracking.runs` writes: runs are found by their tags
+``strokelens.kind`` and ``strokelens.study``, never by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from tracking.runs import (
+    CASES_TABLE,
+    CHECKPOINT_ARTIFACT,
+    DEFAULT_EXPERIMENT,
+    STATE_COMPLETE,
+    STATE_PRUNED,
+    TAG_ARCHITECTURE,
+    TAG_KIND,
+    TAG_MODEL_RUN,
+    TAG_STATE,
+    TAG_STUDY,
+    tracking_uri,
+)
+
+
+@dataclass
+class RunRecord:
+    """One MLflow run: ids, status, tags, parameters and final metric values."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    parent_id: str
+    tags: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The ``strokelens.kind`` tag (search, trial, evaluate, evaluation, baseline, explain, …)."""
+        return self.tags.get(TAG_KIND, "")
+
+    @property
+    def architecture(self) -> str:
+        """The architecture (trials, evaluations) or rule (baselines)."""
+        return self.tags.get(TAG_ARCHITECTURE, "")
+
+    @property
+    def state(self) -> str:
+        """A trial's state tag: complete, pruned or failed."""
+        return self.tags.get(TAG_STATE, "")
+
+    @property
+    def model_run(self) -> str:
+        """The trial run an evaluation or explanation is about."""
+        return self.tags.get(TAG_MODEL_RUN, "")
+
+    def metric(self, key: str) -> float:
+        """A metric's final value, NaN when absent."""
+        return float(self.metrics.get(key, math.nan))
+
+
+class Store:
+    """The runs of one experiment, read once and filtered by kind and study.
+
+    Args:
+        experiment: the MLflow experiment name.
+
+    Attributes:
+        experiment_id: None when the experiment does not exist.
+    """
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT):
+        self.client = MlflowClient(tracking_uri())
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment = experiment
+        self.experiment_id = found.experiment_id if found else None
+
+    def runs(self, kind: str, study: str | None = None, extra: str = "") -> list[RunRecord]:
+        """Active runs of a kind (and study), newest first."""
+        if self.experiment_id is None:
+            return []
+        query = f"tags.`{TAG_KIND}` = '{kind}'"
+        if study is not None:
+            query += f" and tags.`{TAG_STUDY}` = '{study}'"
+        if extra:
+            query += f" and {extra}"
+        found = self.client.search_runs([self.experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+                                        order_by=["attributes.start_time DESC"], max_results=5000)
+        return [RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time or 0,
+                          r.data.tags.get("mlflow.parentRunId", ""), dict(r.data.tags), dict(r.data.params),
+                          dict(r.data.metrics)) for r in found]
+
+    def children(self, parent: RunRecord, kind: str) -> list[RunRecord]:
+        """The nested runs of a kind under a parent run."""
+        return self.runs(kind, extra=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+
+    def studies(self) -> list[str]:
+        """Names of the studies with a search in this experiment, newest first."""
+        names: list[str] = []
+        for run in self.runs("search"):
+            study = run.tags.get(TAG_STUDY, "")
+            if study and study not in names:
+                names.append(study)
+        return names
+
+    def artifacts(self, run_id: str, folder: str = "") -> list[str]:
+        """Paths of the files directly under an artifact folder of a run."""
+        try:
+            return [f.path for f in self.client.list_artifacts(run_id, folder or None) if not f.is_dir]
+        except Exception:
+            return []
+
+    def download(self, run_id: str, path: str, destination: Path) -> Path | None:
+        """An artifact of a run copied under ``destination``, or None when it is missing."""
+        import mlflow.artifacts
+
+        destination.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                            dst_path=str(destination), tracking_uri=tracking_uri()))
+        except Exception:
+            return None
+
+    def cases_table(self, run_id: str, destination: Path):
+        """The run's per-case table (:data:`tracking.runs.CASES_TABLE`) as a DataFrame, or None."""
+        import pandas as pd
+
+        path = self.download(run_id, CASES_TABLE, destination / run_id)
+        return pd.read_csv(path) if path is not None and path.is_file() else None
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        """Whether a trial run logged best weights."""
+        return CHECKPOINT_ARTIFACT in self.artifacts(run_id, str(Path(CHECKPOINT_ARTIFACT).parent))
+
+
+def best_trial_per_architecture(trials: list[RunRecord]) -> dict[str, RunRecord]:
+    """Per architecture, its trial with the highest ``best_val_dice``: complete trials first, then pruned ones."""
+    best: dict[str, RunRecord] = {}
+    rank = {STATE_COMPLETE: 1, STATE_PRUNED: 0}
+    for trial in trials:
+        if trial.state not in rank or math.isnan(trial.metric("best_val_dice")):
+            continue
+        key = (rank[trial.state], trial.metric("best_val_dice"))
+        held = best.get(trial.architecture)
+        if held is None or key > (rank[held.state], held.metric("best_val_dice")):
+            best[trial.architecture] = trial
+    return dict(sorted(best.items()))
