@@ -221,8 +221,8 @@ def explanation_table(runs: StudyRuns) -> pd.DataFrame:
         table[f"{primary}_sd"] = table["run_id"].map(spread)
     ranks = table[keys].rank(ascending=False, method="average")
     table.insert(4, "rank_score", ranks.mean(axis=1))
-    floor = table[(table["method"] == FLOOR_METHOD) & (table["mode"] == "raw")][primary]
-    table["above_floor"] = table[primary] > float(floor.iloc[0]) if len(floor) else np.nan
+    floor = floor_value(table, primary)
+    table["above_floor"] = table[primary] > floor if math.isfinite(floor) else np.nan
     sort_by = ["rank_score", primary] + (["seconds_per_volume"] if "seconds_per_volume" in table else [])
     table = table.sort_values(sort_by, ascending=[True, False] + [True] * (len(sort_by) - 2),
                               kind="stable").reset_index(drop=True)
@@ -230,12 +230,12 @@ def explanation_table(runs: StudyRuns) -> pd.DataFrame:
     return table
 
 
-def floor_value(table: pd.DataFrame) -> float:
-    """The random floor of the primary metric (NaN without one)."""
+def floor_value(table: pd.DataFrame, metric: str = "") -> float:
+    """The random floor of a metric (default the primary one): the unfiltered random row's value, or NaN."""
     if table.empty:
         return math.nan
-    primary = key_metrics(table.columns)[0]
-    floor = table[(table["method"] == FLOOR_METHOD) & (table["mode"] == "raw")][primary]
+    metric = metric or key_metrics(table.columns)[0]
+    floor = table[(table["method"] == FLOOR_METHOD) & (table["mode"] == "raw")][metric]
     return float(floor.iloc[0]) if len(floor) else math.nan
 
 

@@ -205,16 +205,16 @@ def _explanation_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, sto
         figures.append(Figure(_save(fig, folder / f"heatmap_{metric}.png"),
                               f"{HEADERS.get(metric, metric)} of every method (rows, ranked) and filter (columns); "
                               "blank cells: the filter does not apply (baselines take post-hoc filters only)."))
-    sweep = _sweep_figure(table, folder)
-    if sweep is not None:
-        figures.append(sweep)
+    for metric in key_metrics(table.columns):
+        sweep = _sweep_figure(table, folder, metric)
+        if sweep is not None:
+            figures.append(sweep)
     figures += _overlay_figures(runs, table, folder, store, work)
     return figures
 
 
-def _sweep_figure(table: pd.DataFrame, folder: Path) -> Figure | None:
-    """The seed's view: the primary metric against the filter interval, one line per method."""
-    primary = key_metrics(table.columns)[0]
+def _sweep_figure(table: pd.DataFrame, folder: Path, metric: str) -> Figure | None:
+    """The seed's view: a metric against the filter interval, one line per method."""
     panels = [(kind, mode) for mode in ("layer", "post") for kind in ("pass", "clamp")]
     intervals = {"pass": [f"{a:g}_{b:g}" for a, b in SEED_PASS], "clamp": [f"{a:g}_{b:g}" for a, b in SEED_CLAMP]}
     names = set(table["filter"])
@@ -222,7 +222,7 @@ def _sweep_figure(table: pd.DataFrame, folder: Path) -> Figure | None:
                if any(("" if m == "layer" else "post_") + f"{k}_{i}" in names for i in intervals[k])]
     if not present:
         return None
-    floor = floor_value(table)
+    floor = floor_value(table, metric)
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.8), sharey=True, squeeze=False)
     palette = plt.get_cmap("tab20")
     methods = list(dict.fromkeys(table["method"]))
@@ -230,7 +230,7 @@ def _sweep_figure(table: pd.DataFrame, folder: Path) -> Figure | None:
         labels = ["raw", *intervals[kind]]
         names = ["raw", *[("" if mode == "layer" else "post_") + f"{kind}_{i}" for i in labels[1:]]]
         for k, method in enumerate(methods):
-            own = table[table["method"] == method].set_index("filter")[primary]
+            own = table[table["method"] == method].set_index("filter")[metric]
             values = [own.get(n, np.nan) for n in names]
             if np.isfinite(values[1:]).any():
                 ax.plot(range(len(names)), values, marker="o", ms=3, lw=1.2, color=palette(k % 20), label=method)
@@ -240,7 +240,7 @@ def _sweep_figure(table: pd.DataFrame, folder: Path) -> Figure | None:
                       rotation=60, fontsize=7)
         ax.set_title(f"{kind}, {'after every layer' if mode == 'layer' else 'post-hoc at the input'}", fontsize=9)
         ax.set_xlabel("filter interval of |R| / max|R|", fontsize=8)
-    axes[0][0].set_ylabel(HEADERS.get(primary, primary))
+    axes[0][0].set_ylabel(HEADERS.get(metric, metric))
     handles, names = axes[0][0].get_legend_handles_labels()
     for ax in axes[0][1:]:
         for h, n in zip(*ax.get_legend_handles_labels()):
@@ -249,11 +249,11 @@ def _sweep_figure(table: pd.DataFrame, folder: Path) -> Figure | None:
                 names.append(n)
     fig.legend(handles, names, fontsize=7, loc="center right")
     fig.tight_layout(rect=(0, 0, 0.84, 1))
-    path = folder / f"filter_sweep_{primary}.png"
+    path = folder / f"filter_sweep_{metric}.png"
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    return Figure(path, f"The seed's filter sweep: {HEADERS.get(primary, primary)} against the filter interval, one "
+    return Figure(path, f"The seed's filter sweep: {HEADERS.get(metric, metric)} against the filter interval, one "
                         "line per method; the dashed line is the random floor.")
 
 

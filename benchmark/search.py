@@ -54,6 +54,8 @@ class Profile:
         fixed: when set, every trial uses exactly these hyper-parameters (no search).
         first: hyper-parameters of the first trial of a new study (a known-good start).
         time_budget: seconds after which no new trial or epoch starts (None: no limit).
+        cover: a new study follows ``first`` with one trial per other architecture (``first``'s
+            hyper-parameters, that family), so every family reaches the leaderboard.
     """
 
     name: str
@@ -72,17 +74,18 @@ class Profile:
     fixed: dict | None = None
     first: dict | None = None
     time_budget: float | None = None
+    cover: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default", trials=6, epochs=40, architectures=tuple(available()), widths=(0.125, 0.25),
-        patience=10, warmup=6, time_budget=500.0,
+        patience=10, warmup=6, time_budget=500.0, cover=True,
         first={"architecture": "unet3d", "width": 0.25, "lr": 3e-3, "weight_decay": 1e-5,
                "loss": "dice_ce", "augment": 0.5}),
     "gpu": Profile(
         name="gpu", trials=20, epochs=150, architectures=tuple(available()), widths=(0.5, 1.0),
-        lr=(1e-4, 3e-3), batch_size=4, patience=25, warmup=15,
+        lr=(1e-4, 3e-3), batch_size=4, patience=25, warmup=15, cover=True,
         first={"architecture": "unet3d", "width": 1.0, "lr": 1e-3, "weight_decay": 1e-5,
                "loss": "dice_ce", "augment": 0.5}),
     "paper": Profile(
@@ -233,7 +236,7 @@ def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.S
 
 
 def _enqueue_retries_and_start(study: optuna.Study, profile: Profile) -> None:
-    """Retry failed trials that left a checkpoint; seed a new study with the profile's start."""
+    """Retry failed trials that left a checkpoint; seed a new study with the profile's start (and cover)."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
@@ -243,6 +246,9 @@ def _enqueue_retries_and_start(study: optuna.Study, profile: Profile) -> None:
             study.enqueue_trial(t.params, user_attrs={"resume_checkpoint": resume, "retry_of": t.number})
     if not trials and profile.first is not None and profile.fixed is None:
         study.enqueue_trial(profile.first)
+        for architecture in profile.architectures if profile.cover else ():
+            if architecture != profile.first["architecture"]:
+                study.enqueue_trial({**profile.first, "architecture": architecture})
 
 
 class Objective:

@@ -26,7 +26,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PROBE = """<script>
 window.__errors = [];
-window.addEventListener('error', e => window.__errors.push(e.message || ('failed to load ' + (e.target.src || '').slice(0, 40))), true);
+window.addEventListener('error', e => window.__errors.push(
+  e.message || ('failed to load ' + (e.target.src || '').slice(0, 40))), true);
 window.addEventListener('load', () => {
   const images = Array.from(document.images);
   const out = document.createElement('pre');

@@ -1,5 +1,6 @@
 """The search end to end on tiny data: MLflow run structure, resume, failures, bad input."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,16 @@ def test_train_exports_the_top_k_and_the_best_is_champion(isles_dir, workdir):
     exported_from = client.get_run(champion.run_id).data.tags["strokelens.model_run"]
     assert exported_from == study.best_trial.user_attrs["mlflow_run_id"]
     assert "int8_dice_change" in client.get_run(champion.run_id).data.metrics
+
+
+def test_a_new_study_covers_every_architecture_once_then_searches():
+    profile = dataclasses.replace(TINY, architectures=("unet3d", "segresnet3d", "resunet3d"), cover=True)
+    study = optuna.create_study(direction="maximize")
+    search._enqueue_retries_and_start(study, profile)
+    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert [p["architecture"] for p in waiting] == ["unet3d", "segresnet3d", "resunet3d"]
+    assert all({k: v for k, v in p.items() if k != "architecture"} ==
+               {k: v for k, v in TINY.first.items() if k != "architecture"} for p in waiting)
+    search._enqueue_retries_and_start(study, profile)  # an existing study is not seeded again
+    assert len(study.get_trials()) == 3
+    assert search.PROFILES["default"].cover

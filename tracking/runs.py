@@ -10,6 +10,12 @@ This is the only module that knows MLflow's names and the run structure:
 * a search is one parent run (``search-<study>``, tag ``strokelens.kind=search``) with one
   nested child run per Optuna trial (``trial-<NNN>-<architecture>``, ``strokelens.kind=trial``,
   ``strokelens.state`` = complete / pruned / failed).
+* ``export-<run>`` (kind ``export``) holds an ONNX model; ``evaluate-<study>`` (kind
+  ``evaluate``) has one nested ``evaluation-<architecture>`` and one ``baseline-<rule>`` run;
+  ``explain-<run>`` (kind ``explain``) has one nested ``<method>-<filter>`` run (kind
+  ``explanation``); ``report-<study>`` (kind ``report``) holds the leaderboard. Runs of a study
+  carry ``strokelens.study``; evaluations and explanations name their trial in
+  ``strokelens.model_run``. :mod:`tracking.records` reads them back.
 """
 
 from __future__ import annotations
