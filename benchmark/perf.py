@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmark.errors import atomic_file
+from benchmark.evaluation import median_seconds
 
 
 def device_info() -> dict:
@@ -134,16 +135,6 @@ def bench_train(width: float = 0.25, grid_xyz=(48, 48, 19), batch: int = 2, step
             "width": width, "device": device, "results": rows}
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> dict:
     """Explanation cost relative to one gradient (see the module docstring)."""
     import torch
@@ -175,12 +166,12 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
             (logits[:, 1] * mask).sum().backward()  # parameters require grad, as by default
             model.zero_grad(set_to_none=True)
 
-        reference = _median_seconds(gradient, repeats)
-        with_parameters = _median_seconds(full_backward, repeats)
+        reference = median_seconds(gradient, repeats)
+        with_parameters = median_seconds(full_backward, repeats)
         row = {"architecture": "unet3d", "width": width, "parameters": models.parameter_count(model),
                "gradient_s": reference, "gradient_with_parameter_grads_s": with_parameters, "methods": {}}
         for method in explain.methods():
-            seconds = _median_seconds(lambda m=method, model=model, x=x: explain.attribute(model, x, m), repeats)
+            seconds = median_seconds(lambda m=method, model=model, x=x: explain.attribute(model, x, m), repeats)
             entry = {"seconds": seconds, "ratio_to_gradient": seconds / reference,
                      "ratio_to_gradient_with_parameter_grads": seconds / with_parameters}
             if method in targets:
@@ -189,7 +180,7 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
             row["methods"][method] = entry
         sweep = seed_sweep("layer")
         single = row["methods"]["lrp_zplus_zbox"]["seconds"]
-        sweep_s = _median_seconds(lambda model=model, x=x, sweep=sweep: explain.lrp_sweep(
+        sweep_s = median_seconds(lambda model=model, x=x, sweep=sweep: explain.lrp_sweep(
             model, x, "lrp_zplus_zbox", sweep), max(1, repeats // 2))
         row["seed_sweep"] = {"filters": len(sweep), "seconds": sweep_s, "ratio_to_one_lrp": sweep_s / single,
                              "target_ratio": 4.0, "meets_target": sweep_s / single <= 4.0}
@@ -226,16 +217,16 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
             single = torch.rand(1, 6, *dhw)
             batch = torch.rand(4, 6, *dhw)
             with torch.no_grad():
-                eager = _median_seconds(lambda x=single: model(x), repeats)
-                eager_batch = _median_seconds(lambda x=batch: model(x), max(1, repeats // 2))
+                eager = median_seconds(lambda x=single: model(x), repeats)
+                eager_batch = median_seconds(lambda x=batch: model(x), max(1, repeats // 2))
             row = {"grid_xyz": list(grid), "pytorch_eager": {"latency_s": eager, "volumes_per_s": 4 / eager_batch}}
             single_np, batch_np = single.numpy(), batch.numpy()
             for provider, segmenter in sessions.items():
-                latency = _median_seconds(lambda x=single_np, s=segmenter: s.logits(x), repeats)
-                throughput = _median_seconds(lambda x=batch_np, s=segmenter: s.logits(x), max(1, repeats // 2))
+                latency = median_seconds(lambda x=single_np, s=segmenter: s.logits(x), repeats)
+                throughput = median_seconds(lambda x=batch_np, s=segmenter: s.logits(x), max(1, repeats // 2))
                 row[provider] = {"latency_s": latency, "volumes_per_s": 4 / throughput,
                                  "latency_ratio_to_pytorch": latency / eager}
-            latency = _median_seconds(lambda x=single_np: int8.logits(x), repeats)
+            latency = median_seconds(lambda x=single_np: int8.logits(x), repeats)
             fp32 = sessions["CPUExecutionProvider"].logits(single_np).argmax(1)
             row["CPUExecutionProvider_int8"] = {
                 "latency_s": latency, "latency_ratio_to_pytorch": latency / eager,

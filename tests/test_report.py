@@ -283,3 +283,13 @@ def test_report_without_explanations_or_evaluation_builds_what_it_can(pipeline):
     assert [r["name"] for r in rows] == ["unet3d"] and rows[0]["source"] == "trial (best epoch)"
     page = (workdir / "reports" / "bare" / "leaderboard.html").read_text(encoding="utf-8")
     assert "No explanation has been computed" in page and "Missing" in page
+
+
+def test_evaluate_refuses_an_unknown_study_or_bad_repeats(pipeline):
+    workdir, _ = pipeline
+    result = _python(workdir, "mlproject.evaluate", "--study", "nope")
+    assert result.returncode == 2 and "study 'nope' has no search" in result.stderr and STUDY in result.stderr
+    result = _python(workdir, "mlproject.evaluate", "--study", STUDY, "--repeats", "0")
+    assert result.returncode == 2 and "repeats must be at least 1" in result.stderr
+    result = _python(workdir, "mlproject.evaluate", "--study", STUDY, "--data", str(workdir / "absent"))
+    assert result.returncode == 2 and "absent" in result.stderr and "--data" in result.stderr
