@@ -85,7 +85,7 @@ def collect(store: Store, study: str, workdir: Path) -> StudyRuns:
         runs.missing.append(f"no trial of study '{study}' finished (states: "
                             f"{', '.join(sorted({t.state or 'running' for t in runs.trials})) or 'no trials'}); "
                             "pruned trials are shown where they reported a validation Dice")
-    evaluate = store.runs("evaluate", study)
+    evaluate = [r for r in store.runs("evaluate", study) if r.status == "FINISHED"]
     if evaluate:
         runs.evaluations = store.children(evaluate[0], "evaluation")
         runs.baselines = store.children(evaluate[0], "baseline")
