@@ -203,6 +203,8 @@ class SearchResult:
     states: dict = field(default_factory=dict)
     ranked_run_ids: list[str] = field(default_factory=list)
     """MLflow runs of the study's complete trials, best first (what top-k export takes)."""
+    experiment: str = ""
+    """The MLflow experiment that holds the search (under ``mlflow run``, the project run's)."""
 
 
 def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.Study:
@@ -331,7 +333,7 @@ def run_search(s: SearchSettings) -> SearchResult:
     by_id = {c.case_id: c for c in cases}
     train = [by_id[r.case_id] for r in train_refs]
     val = [by_id[r.case_id] for r in val_refs]
-    tracking.setup(s.experiment)
+    experiment = tracking.experiment_name(tracking.setup(s.experiment))
     params = {"data": str(s.data), "trials": s.trials, "epochs": s.epochs, "study": s.study,
               "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
               "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid))}
@@ -349,7 +351,7 @@ def run_search(s: SearchSettings) -> SearchResult:
         tracking.log_summary({"search_seconds": search_seconds,
                               **{f"trials_{k}": v for k, v in states.items()}})
         if not finished:
-            return SearchResult(s.study, parent.info.run_id, None, None, {}, states)
+            return SearchResult(s.study, parent.info.run_id, None, None, {}, states, experiment=experiment)
         best = study.best_trial
         best_run = best.user_attrs.get("mlflow_run_id")
         best_metrics = tracking.best_epoch_metrics(best_run)
@@ -360,7 +362,8 @@ def run_search(s: SearchSettings) -> SearchResult:
             tracking.log_figures(sorted((best_folder / "figures").glob("*.png")))
         ranked = [t.user_attrs["mlflow_run_id"] for t in sorted(finished, key=lambda t: -t.value)
                   if "mlflow_run_id" in t.user_attrs]
-        return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states, ranked)
+        return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states, ranked,
+                            experiment)
 
 
 def describe(result: SearchResult) -> str:

@@ -48,3 +48,16 @@ def shape_list(text: str) -> list[tuple[int, int, int]]:
 def split_list(text: str) -> list[str]:
     """``'a, b,c'`` → ``['a', 'b', 'c']``; empty text → []."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_experiment_argument(parser: argparse.ArgumentParser) -> None:
+    """``--experiment``: empty means the project run's experiment under ``mlflow run``, else ``strokelens``."""
+    parser.add_argument("--experiment", default="", help="MLflow experiment (default: the project run's "
+                        "under mlflow run, else strokelens)")
+
+
+def experiment_of(args: argparse.Namespace) -> str:
+    """The experiment ``--experiment`` names, resolved (see :func:`add_experiment_argument`)."""
+    from tracking.runs import default_experiment
+
+    return args.experiment or default_experiment()

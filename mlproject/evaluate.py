@@ -21,7 +21,7 @@ from benchmark.evaluation import NOISE_SIGMA, ZERO_FRACTION, evaluate_model, eva
 from benchmark.preprocessing import PreprocessConfig, prepare
 from benchmark.search import split_cases
 from benchmark.training import load_model
-from mlproject._cli import ArgumentParser, run
+from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run
 from tracking import runs as tracking
 from tracking.records import Store, best_trial_per_architecture
 
@@ -30,7 +30,7 @@ def parse_args(argv: Sequence[str] | None = None):
     """One flag per MLproject parameter."""
     parser = ArgumentParser(prog="python -m mlproject.evaluate", description=__doc__)
     parser.add_argument("--study", default="strokelens", help="the Optuna study whose trials are evaluated")
-    parser.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment")
+    add_experiment_argument(parser)
     parser.add_argument("--data", default="", help="data folder (default: the one the study's search used)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each latency")
     parser.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
@@ -94,7 +94,7 @@ def evaluate_study(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, da
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate and log."""
     args = parse_args(argv)
-    print(evaluate_study(args.study, args.experiment, args.data, args.repeats, args.seed))
+    print(evaluate_study(args.study, experiment_of(args), args.data, args.repeats, args.seed))
     return 0
 
 

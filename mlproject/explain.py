@@ -27,7 +27,7 @@ from benchmark.training import load_model
 from explain.attribution import methods as all_methods
 from explain.evaluation import explain_case
 from explain.filters import parse_filters
-from mlproject._cli import ArgumentParser, run, split_list
+from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run, split_list
 from tracking import runs as tracking
 
 DEFAULT_METHODS = "all"
@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None):
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list or all: {', '.join(all_methods())}")
     parser.add_argument("--filters", default="raw", help="comma list: raw, pass_A_B, clamp_A_B, post_…, seed_sweep")
     parser.add_argument("--cases", default="2", help="how many validation cases, or a comma list of case ids")
-    parser.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment")
+    add_experiment_argument(parser)
     parser.add_argument("--heavy", default="raw", choices=["raw", "all", "none"],
                         help="where to run faithfulness and randomisation (many forward passes)")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     names = parse_methods(args.methods)
     filters = parse_filters(split_list(args.filters))
-    tracking.setup(args.experiment)
-    checkpoint, preprocess, model_run = tracking.resolve_model(args.model, args.experiment)
+    experiment = experiment_of(args)
+    tracking.setup(experiment)
+    checkpoint, preprocess, model_run = tracking.resolve_model(args.model, experiment)
     config = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
     data = Path(args.data) if args.data else ensure_default_data(DEFAULT_DATA)[0]
     refs = _cases(data, args.cases, config)

@@ -19,7 +19,7 @@ from benchmark.metrics import dice
 from benchmark.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.search import split_cases
 from benchmark.training import load_model
-from mlproject._cli import ArgumentParser, run
+from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run
 from models.export import Segmenter, export_onnx, quantize_int8, sidecar_path
 from tracking import runs as tracking
 
@@ -79,13 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m mlproject.export", description=__doc__)
     parser.add_argument("--model", default="", help="run id, runs:/…, or a .pt checkpoint (default: the best "
                         "trial of the latest search)")
-    parser.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT)
+    add_experiment_argument(parser)
     parser.add_argument("--out", default="", help="also keep model.onnx and model.json in this folder")
     parser.add_argument("--no-register", action="store_true", help="log the model but do not register it")
     parser.add_argument("--int8-data", default="", help="also quantise to int8, calibrated on this data folder's "
                         "training cases, and report the validation Dice change")
     args = parser.parse_args(argv)
-    print(export_model(args.model, args.experiment, args.out, register=not args.no_register,
+    print(export_model(args.model, experiment_of(args), args.out, register=not args.no_register,
                        int8_data=args.int8_data))
     return 0
 

@@ -48,14 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, lines = summarize_dataset(data, with_baselines=False)
     print("\n".join(lines))
     result = search_and_export(train_args, settings)
-    report_args = ["--study", settings.study, "--experiment", settings.experiment, "--out", args.report_out]
+    experiment = result.experiment  # under `mlflow run`, the project run's experiment holds the search
+    report_args = ["--study", settings.study, "--experiment", experiment, "--out", args.report_out]
     if not result.best_run_id:  # no trial finished: report what the pruned ones show, then fail
         report.main(report_args)
         return 1
-    print(evaluate.evaluate_study(settings.study, settings.experiment, data, seed=args.seed))
+    print(evaluate.evaluate_study(settings.study, experiment, data, seed=args.seed))
     explain.main(["--model", result.best_run_id, "--data", data, "--methods", args.explain_methods,
                   "--filters", args.explain_filters, "--cases", args.explain_cases,
-                  "--experiment", settings.experiment, "--seed", str(args.seed)])
+                  "--experiment", experiment, "--seed", str(args.seed)])
     report.main(report_args)
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0

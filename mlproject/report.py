@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from benchmark.report import build_report
-from mlproject._cli import ArgumentParser, run
+from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run
 from tracking import runs as tracking
 
 
@@ -20,11 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Build, write and log the report."""
     parser = ArgumentParser(prog="python -m mlproject.report", description=__doc__)
     parser.add_argument("--study", default="strokelens", help="the Optuna study (and MLflow study tag) to report")
-    parser.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment")
+    add_experiment_argument(parser)
     parser.add_argument("--out", default="reports", help="folder that receives <study>/")
     args = parser.parse_args(argv)
-    report = build_report(args.study, args.experiment, args.out)  # before setup, which would create the experiment
-    tracking.setup(args.experiment)
+    experiment = experiment_of(args)
+    report = build_report(args.study, experiment, args.out)  # before setup, which would create the experiment
+    tracking.setup(experiment)
     with tracking.report_run(args.study, {"study": args.study, "out": str(report.folder)}) as parent:
         tracking.log_artifacts([p for p in report.files if p.parent == report.folder], "report")
         tracking.log_artifacts([p for p in report.files if p.parent != report.folder], "report/figures")

@@ -91,7 +91,7 @@ def search_and_export(args: argparse.Namespace, settings: SearchSettings) -> Sea
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` the search used that run; later stages get their own
     if result.best_run_id and not args.no_export:
         for rank, run_id in enumerate(result.ranked_run_ids[:args.top_k]):  # rank 0, the best, is the champion
-            print(export_model(run_id, settings.experiment, int8_data=str(settings.data) if rank == 0 else "",
+            print(export_model(run_id, result.experiment, int8_data=str(settings.data) if rank == 0 else "",
                                champion=rank == 0))
     return result
 

@@ -1,4 +1,4 @@
-"""Slow: the MLflow-native way, `mlflow run . -e train --env-manager local`, on small settings."""
+"""Slow: the MLflow-native way, `mlflow run . -e train` then `-e report` (`--env-manager local`), on small settings."""
 
 import os
 import subprocess
@@ -32,3 +32,12 @@ def test_mlflow_run_train_entry_point(isles_dir, tmp_path):
     assert len(parent) == 1 and len(trials) == 2
     assert parent[0].data.params["seed"] == "3" and parent[0].data.params["trials"] == "2"  # parameters arrive
     assert {r.data.params["architecture"] for r in trials} == {"segresnet3d"}
+    # later stages under `mlflow run` read and write the project run's experiment unless told otherwise
+    report = subprocess.run([str(mlflow_cli), "run", str(ROOT), "-e", "report", "--env-manager", "local",
+                             "--experiment-name", "slow", "-P", "study=slow", "-P", f"out={tmp_path / 'reports'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "reports" / "slow" / "leaderboard.html").is_file()
+    runs = client.search_runs([client.get_experiment_by_name("slow").experiment_id])
+    reports = [r for r in runs if r.data.tags.get("strokelens.kind") == "report"]
+    assert [r.data.tags.get("strokelens.study") for r in reports] == ["slow"]

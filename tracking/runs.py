@@ -86,6 +86,23 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     return experiment_id
 
 
+def default_experiment() -> str:
+    """Under ``mlflow run`` the project run's experiment (where its stages log), else ``strokelens``."""
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run:
+        try:
+            client = MlflowClient(tracking_uri())
+            return client.get_experiment(client.get_run(project_run).info.experiment_id).name
+        except Exception:
+            return DEFAULT_EXPERIMENT
+    return DEFAULT_EXPERIMENT
+
+
+def experiment_name(experiment_id: str) -> str:
+    """The name of an experiment given its id."""
+    return MlflowClient(tracking_uri()).get_experiment(experiment_id).name
+
+
 def search_run_name(study: str) -> str:
     """Name of the parent run of a search."""
     return f"search-{study}"
