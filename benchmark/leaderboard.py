@@ -258,3 +258,18 @@ def case_extremes(runs: StudyRuns, table: pd.DataFrame) -> list[tuple[str, str, 
     if worst["case"] != best["case"]:
         out.append(("worst", method, str(worst["case"]), float(worst[primary])))
     return out
+
+
+def modality_table(runs: StudyRuns, metric: str = "blrp_to_ot") -> pd.DataFrame:
+    """Per method (unfiltered), a per-modality metric (``<metric>_<modality>``): which map's relevance does what.
+
+    Rows are methods in the order of ``runs.explanations``, columns the modalities in logged order.
+    """
+    rows = {}
+    for r in runs.explanations:
+        if filter_mode(r.params) != "raw":
+            continue
+        values = {k[len(metric) + 1:]: v for k, v in r.metrics.items() if k.startswith(f"{metric}_")}
+        if values:
+            rows[r.params.get("method", "")] = values
+    return pd.DataFrame.from_dict(rows, orient="index")

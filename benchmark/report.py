@@ -8,7 +8,8 @@
 * ``architectures.csv``, ``explanations.csv``, ``architecture_cases.csv``,
   ``explanation_cases.csv``: the tables with full precision and run ids;
 * ``figures/*.png``: Dice by lesion volume, a heatmap per key explanation metric over method ×
-  filter, the seed's filter-sweep curves, and relevance overlays of the best and worst case.
+  filter, the seed's filter-sweep curves, per-modality heatmaps of the unfiltered methods, and
+  relevance overlays of the best and worst case.
 
 The ranking rules are those of :mod:`benchmark.leaderboard`; the report states them itself.
 """
@@ -42,6 +43,7 @@ from benchmark.leaderboard import (  # noqa: E402
     explanation_table,
     floor_value,
     key_metrics,
+    modality_table,
 )
 from explain.filters import SEED_CLAMP, SEED_PASS  # noqa: E402
 from tracking.records import Store  # noqa: E402
@@ -209,7 +211,34 @@ def _explanation_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, sto
         sweep = _sweep_figure(table, folder, metric)
         if sweep is not None:
             figures.append(sweep)
+    figures += _modality_figures(runs, table, folder)
     figures += _overlay_figures(runs, table, folder, store, work)
+    return figures
+
+
+def _modality_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> list[Figure]:
+    """Per unfiltered method and modality: the seed's bLRPtoOT and, on synthetic data, evidence mass accuracy."""
+    import seaborn as sns
+
+    methods = list(dict.fromkeys(table["method"]))
+    figures = []
+    for metric in ("blrp_to_ot", "evidence_mass_accuracy"):
+        grid = modality_table(runs, metric)
+        if grid.empty:
+            continue
+        grid = grid.reindex(index=[m for m in methods if m in grid.index])
+        fig, ax = plt.subplots(figsize=(0.9 * grid.shape[1] + 3, 0.38 * grid.shape[0] + 1.6))
+        sns.heatmap(grid, annot=True, fmt=".2f", annot_kws={"fontsize": 7}, cmap="magma", vmin=0, vmax=1,
+                    cbar_kws={"label": HEADERS.get(metric, metric)}, linewidths=0.3, ax=ax)
+        ax.set_xlabel("modality")
+        ax.set_ylabel("method (unfiltered, ranked)")
+        ax.tick_params(labelsize=8)
+        ax.set_title(f"{HEADERS.get(metric, metric)} per modality")
+        what = ("the share of the lesion that each modality's strong relevance (|R|/max|R| > 0.5) covers"
+                if metric == "blrp_to_ot" else "the share of each modality's positive relevance on the voxels "
+                "the lesion changed in that modality (the generator's ground truth)")
+        figures.append(Figure(_save(fig, folder / f"modalities_{metric}.png"),
+                              f"Per modality, {what}: which maps the network's decision rests on."))
     return figures
 
 

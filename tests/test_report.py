@@ -194,6 +194,7 @@ def test_pipeline_writes_every_report_file(pipeline):
     assert {f"heatmap_{k}.png" for k in ("evidence_mass_accuracy", "relevance_mass_accuracy",
                                          "relevance_rank_accuracy", "blrp_to_ot")} <= set(figures)
     assert any(f.startswith("overlay_best_") for f in figures)
+    assert {"modalities_blrp_to_ot.png", "modalities_evidence_mass_accuracy.png"} <= set(figures)
     assert f"report: reports/{STUDY}/leaderboard.html" in result.stdout
 
 
