@@ -333,10 +333,13 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool
     import numpy as np
     import onnx
     import onnxruntime
+    import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    onnxruntime.set_default_logger_severity(3)  # MLflow probes CUDA; its absence on a CPU machine is no error
+    # MLflow's input-example check opens a CUDA session; on a machine without a CUDA device the
+    # missing CUDA library is no error of the user's (with one, a real failure stays visible)
+    onnxruntime.set_default_logger_severity(3 if torch.cuda.is_available() else 4)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1, -1), "logits")]))
@@ -347,10 +350,13 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool
             requirements.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
             continue
-    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=ONNX_ARTIFACT, signature=signature,
-                                 input_example=example, pip_requirements=requirements,
-                                 onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                 extra_files=[str(sidecar)], save_as_external_data=False)
+    try:
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=ONNX_ARTIFACT, signature=signature,
+                                     input_example=example, pip_requirements=requirements,
+                                     onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                                     extra_files=[str(sidecar)], save_as_external_data=False)
+    finally:
+        onnxruntime.set_default_logger_severity(3)
     mlflow.log_artifact(str(sidecar), artifact_path="onnx")
     if not register:
         return info.model_uri, None
