@@ -10,7 +10,11 @@ GPU, fp32 and mixed precision are compared.
 input, parameters frozen: the targets are checked against this one; a default backward that also
 computes parameter gradients is reported beside it) on ``unet3d`` at the default width (0.25) and at full width, at
 48×48×19, medians over repeats; and the seed's filter sweep (raw + 10 pass + 5 clamp,
-layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×.
+layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×. The rules
+run their convolutions through oneDNN (``explain.rules.conv3d``), the reference gradient through
+PyTorch's own dispatch, which is 5–15× slower for batch-1 3-D convolutions with few channels: the
+JSON also gives each method against ``lrp_epsilon`` (gradient × input computed with the same
+oneDNN adjoints), the comparison free of that difference.
 ``onnx``: latency (median over repeats, batch 1) and throughput (batch 4) of PyTorch eager and
 onnxruntime on every available provider (TensorRT, CUDA, CPU; the provider actually used is
 named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid,
@@ -178,6 +182,9 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
                 entry["target_ratio"] = targets[method]
                 entry["meets_target"] = seconds / reference <= targets[method]
             row["methods"][method] = entry
+        epsilon = row["methods"]["lrp_epsilon"]["seconds"]  # = gradient × input, through the rules' oneDNN adjoints
+        for entry in row["methods"].values():
+            entry["ratio_to_lrp_epsilon"] = entry["seconds"] / epsilon
         sweep = seed_sweep("layer")
         single = row["methods"]["lrp_zplus_zbox"]["seconds"]
         sweep_s = median_seconds(lambda model=model, x=x, sweep=sweep: explain.lrp_sweep(

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from explain.core import Composite, by_type
-from explain.rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
+from explain.rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, layer_adjoint, layer_forward
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +111,19 @@ def test_rule_equals_dense_reference(rule, layer_name):
     expected = _dense(layer, x, relevance_out, rule, eps).reshape(x.shape)
     assert torch.allclose(relevance, expected, rtol=1e-7, atol=1e-9)
     assert not layer._forward_hooks
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=3, padding=2, dilation=2),
+                                    dict(kernel_size=(1, 3, 3), padding=(0, 1, 1)), dict(kernel_size=1),
+                                    dict(kernel_size=3, padding=1, stride=2), dict(kernel_size=3, groups=2)])
+def test_onednn_forward_and_adjoint_equal_pytorch(kwargs):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(4, 6, **kwargs)
+    x = torch.randn(1, 4, 7, 9, 8)
+    expected = torch.nn.functional.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                          conv.groups)
+    assert torch.allclose(layer_forward(conv, x, conv.weight, conv.bias), expected, atol=1e-5)
+    s = torch.randn_like(expected)
+    reference = torch.nn.grad.conv3d_input(x.shape, conv.weight, s, conv.stride, conv.padding, conv.dilation,
+                                           conv.groups)
+    assert torch.allclose(layer_adjoint(conv, s, conv.weight, x.shape), reference, atol=1e-5)
