@@ -27,6 +27,13 @@ class ParameterError(StrokelensError, ValueError):
     """A parameter given by the user is out of range or unknown."""
 
 
+def _usual_mode(mode: int) -> int:
+    """``mode`` under the process's umask: the permissions a plain ``open``/``mkdir`` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target`` that becomes ``target`` only on success.
@@ -49,9 +56,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    tmp.chmod(_usual_mode(0o777))  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
     except BaseException:
@@ -86,7 +91,5 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    os.chmod(tmp, _usual_mode(0o666))  # mkstemp makes 0600; outputs get the usual permissions
     os.replace(tmp, target)

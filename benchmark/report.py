@@ -143,8 +143,9 @@ def _write_tables(folder: Path, runs: StudyRuns, architectures: pd.DataFrame, ex
     return paths
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, rect: tuple | None = None) -> Path:
+    """Lay out (inside ``rect`` when given), write the PNG atomically, close the figure."""
+    fig.tight_layout(rect=rect)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -277,11 +278,7 @@ def _sweep_figure(table: pd.DataFrame, folder: Path, metric: str) -> Figure | No
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, fontsize=7, loc="center right")
-    fig.tight_layout(rect=(0, 0, 0.84, 1))
-    path = folder / f"filter_sweep_{metric}.png"
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    path = _save(fig, folder / f"filter_sweep_{metric}.png", rect=(0, 0, 0.84, 1))
     return Figure(path, f"The seed's filter sweep: {HEADERS.get(metric, metric)} against the filter interval, one "
                         "line per method; the dashed line is the random floor.")
 
@@ -325,18 +322,28 @@ def _number(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _mean_sd(means, sds, digits: int = 3) -> list[str]:
+    """``mean ± sd`` per row (the mean alone where the sd is unknown)."""
+    return [_number(m, digits) + ("" if not math.isfinite(s) else f" ± {_number(s, digits)}")
+            for m, s in zip(means, sds)]
+
+
+def _counts(values) -> list[str]:
+    """Whole numbers with thousands separators, ``–`` where unknown."""
+    return [_number(int(v)) if math.isfinite(v) else "–" for v in values]
+
+
 def _architecture_display(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"rank": table["rank"], "name": table["name"], "kind": table["kind"]})
     for key in ("dice", "hd95", "assd", "lesion_f1", "volume_diff_ml", "dice_noise", "dice_zero_half"):
         digits = 1 if key in ("hd95", "assd", "volume_diff_ml") else 3
-        out[key] = [_number(m, digits) + ("" if not math.isfinite(s) else f" ± {_number(s, digits)}")
-                    for m, s in zip(table[f"{key}_mean"], table[f"{key}_sd"])]
-    out["params"] = [_number(int(v)) if math.isfinite(v) else "–" for v in table["params"]]
+        out[key] = _mean_sd(table[f"{key}_mean"], table[f"{key}_sd"], digits)
+    out["params"] = _counts(table["params"])
     out["train_s"] = [_number(v, 0) for v in table["train_s"]]
     for key in ("latency_torch_s", "latency_onnx_s"):
         out[key] = [_number(v, 3) for v in table[key]]
     for key in ("trials", "pruned", "failed"):
-        out[key] = [_number(int(v)) if math.isfinite(v) else "–" for v in table[key]]
+        out[key] = _counts(table[key])
     out["source"] = table["source"]
     out["run_id"] = table["run_id"]
     return out
@@ -352,8 +359,7 @@ def _explanation_display(table: pd.DataFrame) -> pd.DataFrame:
         if column in ("rank", "method", "filter", "mode", "kind", "run_id"):
             continue
         if column == primary and f"{primary}_sd" in table:
-            out[column] = [_number(m) + ("" if not math.isfinite(s) else f" ± {_number(s)}")
-                           for m, s in zip(table[primary], table[f"{primary}_sd"])]
+            out[column] = _mean_sd(table[primary], table[f"{primary}_sd"])
         elif column == "above_floor":
             out[column] = ["–" if isinstance(v, float) else ("yes" if v else "no") for v in table[column]]
         else:

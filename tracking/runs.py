@@ -91,8 +91,7 @@ def default_experiment() -> str:
     project_run = os.environ.get("MLFLOW_RUN_ID")
     if project_run:
         try:
-            client = MlflowClient(tracking_uri())
-            return client.get_experiment(client.get_run(project_run).info.experiment_id).name
+            return experiment_name(MlflowClient(tracking_uri()).get_run(project_run).info.experiment_id)
         except Exception:
             return DEFAULT_EXPERIMENT
     return DEFAULT_EXPERIMENT
@@ -132,6 +131,15 @@ def _stage_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflo
         yield run
 
 
+@contextlib.contextmanager
+def _nested_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflow.ActiveRun]:
+    """A nested run of kind ``kind`` under the active run, with its tags and parameters."""
+    with mlflow.start_run(run_name=name, nested=True) as run:
+        mlflow.set_tags({TAG_KIND: kind, **tags})
+        mlflow.log_params(params)
+        yield run
+
+
 def log_params_once(params: dict) -> None:
     """Log parameters on the active run without clashing with `mlflow run`'s own.
 
@@ -152,10 +160,8 @@ def log_params_once(params: dict) -> None:
 @contextlib.contextmanager
 def trial_run(study: str, number: int, architecture: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """A nested child run for one trial; its state tag is ``failed`` unless set otherwise."""
-    with mlflow.start_run(run_name=trial_run_name(number, architecture), nested=True) as run:
-        mlflow.set_tags({TAG_KIND: "trial", TAG_STUDY: study, TAG_TRIAL: str(number),
-                         TAG_ARCHITECTURE: architecture, TAG_STATE: STATE_FAILED})
-        mlflow.log_params(params)
+    tags = {TAG_STUDY: study, TAG_TRIAL: str(number), TAG_ARCHITECTURE: architecture, TAG_STATE: STATE_FAILED}
+    with _nested_run("trial", trial_run_name(number, architecture), params, tags) as run:
         yield run
 
 
@@ -299,9 +305,8 @@ def explain_run(model_run: str | None, params: dict) -> Iterator[mlflow.ActiveRu
 @contextlib.contextmanager
 def explanation_run(method: str, filter_name: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """A nested run for one method × filter, so the MLflow UI compares them."""
-    with mlflow.start_run(run_name=f"{method}-{filter_name}", nested=True) as run:
-        mlflow.set_tags({TAG_KIND: "explanation", "strokelens.method": method, "strokelens.filter": filter_name})
-        mlflow.log_params(params)
+    tags = {"strokelens.method": method, "strokelens.filter": filter_name}
+    with _nested_run("explanation", f"{method}-{filter_name}", params, tags) as run:
         yield run
 
 
@@ -402,19 +407,15 @@ def evaluate_run(study: str, params: dict) -> Iterator[mlflow.ActiveRun]:
 @contextlib.contextmanager
 def evaluation_run(study: str, architecture: str, model_run: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """A nested run with the leaderboard figures of one architecture's best trial."""
-    with mlflow.start_run(run_name=f"evaluation-{architecture}", nested=True) as run:
-        mlflow.set_tags({TAG_KIND: "evaluation", TAG_STUDY: study, TAG_ARCHITECTURE: architecture,
-                         TAG_MODEL_RUN: model_run})
-        mlflow.log_params(params)
+    tags = {TAG_STUDY: study, TAG_ARCHITECTURE: architecture, TAG_MODEL_RUN: model_run}
+    with _nested_run("evaluation", f"evaluation-{architecture}", params, tags) as run:
         yield run
 
 
 @contextlib.contextmanager
 def baseline_run(study: str, rule: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """A nested run with the leaderboard figures of one clinical threshold rule."""
-    with mlflow.start_run(run_name=f"baseline-{rule}", nested=True) as run:
-        mlflow.set_tags({TAG_KIND: "baseline", TAG_STUDY: study, TAG_ARCHITECTURE: rule})
-        mlflow.log_params(params)
+    with _nested_run("baseline", f"baseline-{rule}", params, {TAG_STUDY: study, TAG_ARCHITECTURE: rule}) as run:
         yield run
 
 
