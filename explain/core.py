@@ -11,6 +11,7 @@ parameter is restored when the ``with`` block ends, also on errors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ParameterError
-from explain.rules import Rule
+from explain.rules import Rule, layer_forward
 from models.blocks import Add, Concat, Multiply, Upsample
 
 Tensor = torch.Tensor
@@ -127,15 +128,35 @@ class Composite:
             state: shared settings the caller may change between backward passes (the layer filter).
         """
         state = state if state is not None else ExplainContext()
-        handles = []
+        handles, swapped = [], []
         try:
             for name, (module, rule) in self.rules(model).items():
                 hook = _RuleHook(module, rule, name, state)
                 handles.append(module.register_forward_hook(hook.forward_hook))
+                if _has_fast_forward(module):
+                    swapped.append((module, module.__dict__.get("forward")))
+                    module.forward = functools.partial(_fast_forward, module)
             yield model
         finally:
             for handle in handles:
                 handle.remove()
+            for module, own in swapped:
+                if own is None:
+                    del module.forward
+                else:
+                    module.forward = own
+
+
+def _has_fast_forward(module: nn.Module) -> bool:
+    """Convolutions whose forward :func:`explain.rules.layer_forward` computes (zero padding)."""
+    return isinstance(module, nn.Conv3d | nn.ConvTranspose3d) and module.padding_mode == "zeros"
+
+
+def _fast_forward(module: nn.Module, x: Tensor, output_size=None) -> Tensor:
+    """The convolution's own forward, through the rules' oneDNN dispatch (same values)."""
+    if output_size is not None:
+        return type(module).forward(module, x, output_size)
+    return layer_forward(module, x, module.weight, module.bias)
 
 
 def _is_combiner(module: nn.Module) -> bool:
@@ -216,9 +237,10 @@ class BatchNormCanonizer:
         if model.training:
             raise ParameterError("BatchNorm can only be merged in eval mode: call model.eval() first")
         for conv_name, conv, bn_name, bn in self.pairs(model, example):
-            self._saved.append((conv, {"weight": conv.weight.data.clone(),
-                                       "bias": None if conv.bias is None else conv.bias.data.clone()}))
-            self._saved.append((bn, {k: getattr(bn, k).data.clone()
+            # every change below assigns a new tensor, so the originals are kept by reference
+            self._saved.append((conv, {"weight": conv.weight.data,
+                                       "bias": None if conv.bias is None else conv.bias.data}))
+            self._saved.append((bn, {k: getattr(bn, k).data
                                      for k in ("weight", "bias", "running_mean", "running_var")}))
             scale = bn.weight.data / torch.sqrt(bn.running_var + bn.eps)
             bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -231,10 +253,10 @@ class BatchNormCanonizer:
                 self._saved[-2][1]["created_bias"] = True
             else:
                 conv.bias.data = new_bias
-            bn.weight.data.fill_(1.0)
-            bn.bias.data.zero_()
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
+            bn.weight.data = torch.ones_like(bn.weight.data)
+            bn.bias.data = torch.zeros_like(bn.bias.data)
+            bn.running_mean.data = torch.zeros_like(bn.running_mean)
+            bn.running_var.data = torch.full_like(bn.running_var, 1.0 - bn.eps)
             self.merged.append((conv_name, bn_name))
         return self
 

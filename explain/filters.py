@@ -56,18 +56,29 @@ class RelevanceFilter:
         return core if self.mode == "layer" or self.kind == "raw" else f"post_{core}"
 
     def __call__(self, relevance: Tensor) -> Tensor:
-        """Filter a (N, …) relevance tensor sample by sample."""
+        """Filter a (N, …) relevance tensor sample by sample.
+
+        Computed in the relevance's own units (``a ≤ |r|`` is ``a·max|R| ≤ |R|``), so kept values
+        are returned unchanged rather than divided and multiplied back.
+        """
         if self.kind == "raw":
             return relevance
         dims = tuple(range(1, relevance.dim()))
-        scale = relevance.abs().amax(dim=dims, keepdim=True).clamp(min=1e-30)
-        r = relevance / scale
-        magnitude = r.abs()
-        if self.kind == "pass":
-            kept = torch.where((magnitude >= self.low) & (magnitude <= self.high), r, torch.zeros_like(r))
+        scale = torch.linalg.vector_norm(relevance, ord=float("inf"), dim=dims, keepdim=True)
+        low, high = self.low * scale, self.high * scale
+        if self.kind == "clamp":
+            if self.low == 0:
+                return relevance.clamp(-high, high)
+            magnitude = relevance.abs().clamp(low, high)
+            return torch.where(relevance == 0, relevance, magnitude.copysign(relevance))
+        magnitude = relevance.abs()
+        if self.low == 0:
+            keep = magnitude <= high
+        elif self.high == 1:
+            keep = magnitude >= low
         else:
-            kept = torch.where(r != 0, torch.sign(r) * magnitude.clamp(self.low, self.high), r)
-        return kept * scale
+            keep = (magnitude >= low) & (magnitude <= high)
+        return relevance * keep
 
 
 SEED_PASS = [(0, .05), (0, .1), (0, .2), (0, .4), (0, .6), (.05, 1), (.1, 1), (.2, 1), (.4, 1), (.6, 1)]

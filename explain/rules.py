@@ -76,27 +76,42 @@ def layer_forward(module: nn.Module, x: Tensor, weight: Tensor | None, bias: Ten
     raise TypeError(f"no linear forward for {type(module).__name__}")
 
 
-def layer_adjoint(module: nn.Module, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
-    """Jᵀ s: the input gradient of the module's linear map with parameters ``weight``.
+class Adjoint:
+    """Jᵀ: the input gradient of a module's linear map with parameters ``weight``, prepared once.
 
     For a stride-1 ``Conv3d`` with one group, Jᵀ is the convolution with the flipped, transposed
-    kernel and padding d(k − 1) − p, which :func:`conv3d` runs through oneDNN.
+    kernel and padding d(k − 1) − p, which :func:`conv3d` runs through oneDNN; the flipped kernel
+    is built here once, so a sweep's many backward passes share it.
     """
-    if isinstance(module, nn.Conv3d):
-        shape = (s.shape[0], *input_shape[1:])
-        if module.groups == 1 and not isinstance(module.padding, str) and all(v == 1 for v in module.stride):
-            kernel = weight.shape[2:]
-            padding = [d * (k - 1) - p for d, k, p in zip(module.dilation, kernel, module.padding)]
+
+    def __init__(self, module: nn.Module, weight: Tensor):
+        if not isinstance(module, nn.Conv3d | nn.ConvTranspose3d):
+            raise TypeError(f"no adjoint for {type(module).__name__}")
+        self.module, self.weight = module, weight
+        self.flipped, self.padding = None, None
+        if (isinstance(module, nn.Conv3d) and module.groups == 1 and not isinstance(module.padding, str)
+                and all(v == 1 for v in module.stride)):
+            padding = [d * (k - 1) - p for d, k, p in zip(module.dilation, weight.shape[2:], module.padding)]
             if min(padding) >= 0:
-                out = conv3d(s, weight.flip(2, 3, 4).transpose(0, 1), None, (1, 1, 1), padding,
-                             module.dilation, 1)
-                if tuple(out.shape) == tuple(shape):
-                    return out
-        return torch.nn.grad.conv3d_input(shape, weight, s, module.stride, module.padding,
+                self.flipped, self.padding = weight.flip(2, 3, 4).transpose(0, 1).contiguous(), padding
+
+    def __call__(self, s: Tensor, input_shape: torch.Size) -> Tensor:
+        """Jᵀ s for an input of ``input_shape`` (the batch size is taken from ``s``)."""
+        module = self.module
+        if isinstance(module, nn.ConvTranspose3d):
+            return conv3d(s, self.weight, None, module.stride, module.padding, module.dilation, module.groups)
+        shape = (s.shape[0], *input_shape[1:])
+        if self.flipped is not None:
+            out = conv3d(s, self.flipped, None, (1, 1, 1), self.padding, module.dilation, 1)
+            if tuple(out.shape) == tuple(shape):
+                return out
+        return torch.nn.grad.conv3d_input(shape, self.weight, s, module.stride, module.padding,
                                           module.dilation, module.groups)
-    if isinstance(module, nn.ConvTranspose3d):
-        return conv3d(s, weight, None, module.stride, module.padding, module.dilation, module.groups)
-    raise TypeError(f"no adjoint for {type(module).__name__}")
+
+
+def layer_adjoint(module: nn.Module, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+    """Jᵀ s: the input gradient of the module's linear map with parameters ``weight``."""
+    return Adjoint(module, weight)(s, input_shape)
 
 
 def has_weights(module: nn.Module) -> bool:
@@ -172,10 +187,11 @@ class LinearRule(Rule):
                 else:
                     z = sum(sign * layer_forward(module, xm, w, t.bias(module.bias))
                             for (sign, xm, w), t in zip(mods, terms, strict=True))
+                mods = [(sign, xm, Adjoint(module, w)) for sign, xm, w in mods]
                 prepared = cache[g] = (mods, stabilize(z, self.epsilon))
             mods, z = prepared
             s = relevance / z
-            part = sum(sign * xm * layer_adjoint(module, s, w, x.shape) for sign, xm, w in mods)
+            part = sum(sign * xm * adjoint(s, x.shape) for sign, xm, adjoint in mods)
             part = part * coefficient if coefficient != 1 else part
             total = part if total is None else total + part
         return (total,)
@@ -263,16 +279,22 @@ class SignSplitRule(Rule):
     need the layer's own output ``z₀ = Wx`` (from the forward pass, bias removed), one extra
     forward ``B = |W| ∗ |x|`` and two adjoints::
 
-        R_in = x ⊙ Wᵀ s_W  +  |x| ⊙ |W|ᵀ s_B
+        R_in = x ⊙ (a·W)ᵀ (c_W ⊙ R)  +  |x| ⊙ (b·|W|)ᵀ (c_B ⊙ R)
 
-    where a subclass's :meth:`split` turns the output relevance into ``(s_W, s_B)``.
+    with the rule's scalars ``(a, b)`` (:attr:`scales`) and per-output factors ``(c_W, c_B)``
+    (:meth:`coefficients`, from ``z₀`` and ``B``), prepared once per explanation and shared by
+    every backward pass of a sweep. When ``c_W = c_B`` and the layer's input is non-negative
+    (after ReLU, or image intensities), ``|x| = x`` and the two adjoints are one, with the
+    weight ``a·W + b·|W|`` (z⁺: ``2W⁺``): then z⁺ costs one extra forward and one adjoint.
     """
+
+    scales: tuple[float, float] = (1.0, 1.0)
 
     def __init__(self, epsilon: float = 1e-9):
         self.epsilon = epsilon
 
-    def split(self, relevance: Tensor, z0: Tensor, b: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(s_W, s_B)`` for the output relevance."""
+    def coefficients(self, z0: Tensor, b: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(c_W, c_B)``: the factors of the output relevance (the same object when equal)."""
         raise NotImplementedError
 
     def relevance(self, module, inputs, output, relevance, cache):
@@ -280,54 +302,77 @@ class SignSplitRule(Rule):
             raise TypeError(f"{type(self).__name__} needs a convolution, got {type(module).__name__}")
         x = inputs[0]
         prepared = cache.get("basis")
-        if prepared is None:  # shared by every backward pass of a sweep
-            bias = None if module.bias is None else module.bias.view(1, -1, *([1] * (output.dim() - 2)))
-            z0 = output if bias is None else output - bias
-            abs_weight = module.weight.abs()
-            prepared = cache["basis"] = (z0, layer_forward(module, x.abs(), abs_weight, None), abs_weight, bias)
-        z0, b, abs_weight, bias = prepared
-        s_w, s_b = self.split(relevance, z0, b, bias)
-        out = x * layer_adjoint(module, s_w, module.weight, x.shape)
-        return (out + x.abs() * layer_adjoint(module, s_b, abs_weight, x.shape),)
+        if prepared is None:
+            prepared = cache["basis"] = self._prepare(module, x, output)
+        if prepared[0] == "one":
+            _, adjoint, c = prepared
+            return (x * adjoint(relevance * c, x.shape),)
+        _, abs_x, adjoint_w, adjoint_abs, c_w, c_b = prepared
+        s_b = relevance * c_b
+        out = x * adjoint_w(s_b if c_w is c_b else relevance * c_w, x.shape)
+        return (out.addcmul_(abs_x, adjoint_abs(s_b, x.shape)),)
+
+    def _prepare(self, module: nn.Module, x: Tensor, output: Tensor) -> tuple:
+        """The factors and adjoints shared by every backward pass of one explanation."""
+        bias = None if module.bias is None else module.bias.view(1, -1, *([1] * (output.dim() - 2)))
+        z0 = output if bias is None else output - bias
+        abs_x, abs_weight = x.abs(), module.weight.abs()
+        c_w, c_b = self.coefficients(z0, layer_forward(module, abs_x, abs_weight, None), bias)
+        a, b = self.scales
+        if c_w is c_b and bool((x >= 0).all()):
+            return ("one", Adjoint(module, a * module.weight + b * abs_weight), c_b)
+        scaled_w = module.weight if a == 1 else a * module.weight
+        scaled_abs = abs_weight if b == 1 else b * abs_weight
+        return ("two", abs_x, Adjoint(module, scaled_w), Adjoint(module, scaled_abs), c_w, c_b)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(epsilon={self.epsilon})"
 
 
+def _reciprocal(z: Tensor, epsilon: float) -> Tensor:
+    """``1 / stab(z)`` where ``|z| > ε``, 0 where a group has no contribution to distribute."""
+    return torch.where(z.abs() <= epsilon, 0.0, 1.0 / stabilize(z, epsilon))
+
+
 class ZPlus(SignSplitRule):
     """LRP-z⁺: only positive contributions ``x⁺W⁺ + x⁻W⁻ = (xW + |x||W|)/2`` (no bias).
 
-    An output with no positive contribution at all (possible when inputs are mixed-sign, e.g.
-    after LeakyReLU) sends its relevance back along its negative contributions instead (then
-    ``xW`` itself), so relevance is conserved.
+    ``R_i = Σ_j (x_i w_ij)⁺ / z⁺_j · R_j``. An output with no positive contribution at all
+    (possible when inputs are mixed-sign, e.g. after LeakyReLU) sends its relevance back along its
+    negative contributions instead (then ``xW`` itself), so relevance is conserved.
     """
 
     name = "zplus"
 
-    def split(self, relevance, z0, b, bias):
+    def coefficients(self, z0, b, bias):
         z_plus = (z0 + b) / 2
         dead = z_plus <= self.epsilon
-        s_plus = torch.where(dead, 0.0, relevance / (z_plus + self.epsilon)) / 2
-        s_dead = torch.where(dead, relevance / stabilize(z0, self.epsilon), 0.0)
-        return s_plus + s_dead, s_plus
+        c_b = torch.where(dead, 0.0, 0.5 / (z_plus + self.epsilon))
+        if not bool(dead.any()):
+            return c_b, c_b
+        return c_b + torch.where(dead, 1.0 / stabilize(z0, self.epsilon), 0.0), c_b
 
 
 class Gamma(SignSplitRule):
-    """LRP-γ: positive contributions amplified: ``xW + γ(x⁺W⁺ + x⁻W⁻)``, bias ``b + γb⁺``."""
+    """LRP-γ: positive contributions amplified: ``xW + γ(x⁺W⁺ + x⁻W⁻)``, bias ``b + γb⁺``.
+
+    ``z = (1 + γ/2)·z₀ + (γ/2)·B + b + γb⁺``: scales ``(1 + γ/2, γ/2)``, ``c_W = c_B = 1/stab(z)``.
+    """
 
     name = "gamma"
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
         super().__init__(epsilon)
         self.gamma = gamma
+        self.scales = (1 + gamma / 2, gamma / 2)
 
-    def split(self, relevance, z0, b, bias):
+    def coefficients(self, z0, b, bias):
         g = self.gamma
         z = (1 + g / 2) * z0 + (g / 2) * b
         if bias is not None:
             z = z + bias + g * bias.clamp(min=0)
-        s = relevance / stabilize(z, self.epsilon)
-        return (1 + g / 2) * s, (g / 2) * s
+        inverse = 1.0 / stabilize(z, self.epsilon)
+        return inverse, inverse
 
     def __repr__(self) -> str:
         return f"Gamma(gamma={self.gamma})"
@@ -344,11 +389,10 @@ class AlphaBeta(SignSplitRule):
         super().__init__(epsilon)
         self.alpha, self.beta = alpha, beta
 
-    def split(self, relevance, z0, b, bias):
-        z_pos, z_neg = (z0 + b) / 2, (z0 - b) / 2  # a group without contributions distributes nothing
-        s_pos = torch.where(z_pos.abs() <= self.epsilon, 0.0, relevance / stabilize(z_pos, self.epsilon))
-        s_neg = torch.where(z_neg.abs() <= self.epsilon, 0.0, relevance / stabilize(z_neg, self.epsilon))
-        return (self.alpha * s_pos - self.beta * s_neg) / 2, (self.alpha * s_pos + self.beta * s_neg) / 2
+    def coefficients(self, z0, b, bias):
+        c_pos = _reciprocal((z0 + b) / 2, self.epsilon)  # a group without contributions distributes nothing
+        c_neg = _reciprocal((z0 - b) / 2, self.epsilon)
+        return (self.alpha * c_pos - self.beta * c_neg) / 2, (self.alpha * c_pos + self.beta * c_neg) / 2
 
     def __repr__(self) -> str:
         return f"AlphaBeta(alpha={self.alpha}, beta={self.beta})"

@@ -136,6 +136,11 @@ def test_filters_pass_and_clamp():
     assert torch.allclose(kept, torch.tensor([[0.0, 0.0, -0.1, 0.0, 0.0, 0.3]]) * 4.0)
     clamped = RelevanceFilter("clamp", 0.05, 0.4)(r)
     assert torch.allclose(clamped, torch.tensor([[0.0, 0.05, -0.1, 0.4, -0.4, 0.3]]) * 4.0)
+    # one-sided intervals take shorter paths: same definitions
+    assert torch.allclose(RelevanceFilter("pass", 0, 0.4)(r), torch.tensor([[0.0, 0.02, -0.1, 0.0, 0.0, 0.3]]) * 4.0)
+    assert torch.allclose(RelevanceFilter("pass", 0.25, 1)(r), torch.tensor([[0.0, 0.0, 0.0, 0.5, -1.0, 0.3]]) * 4.0)
+    assert torch.allclose(RelevanceFilter("clamp", 0, 0.4)(r), torch.tensor([[0.0, 0.02, -0.1, 0.4, -0.4, 0.3]]) * 4.0)
+    assert torch.equal(RelevanceFilter("pass", 0, 0.4)(torch.zeros(2, 3)), torch.zeros(2, 3))
     assert [f.name for f in seed_sweep()][:3] == ["raw", "pass_0_0.05", "pass_0_0.1"]
     assert len(seed_sweep()) == 16
 

@@ -93,12 +93,15 @@ LAYERS = {
 
 @pytest.mark.parametrize("rule", list(RULES))
 @pytest.mark.parametrize("layer_name", list(LAYERS))
-def test_rule_equals_dense_reference(rule, layer_name):
+@pytest.mark.parametrize("inputs", ["mixed", "non-negative"])  # z⁺ and γ take one adjoint on x ≥ 0
+def test_rule_equals_dense_reference(rule, layer_name, inputs):
     torch.manual_seed(1)
     layer = LAYERS[layer_name]()
     with torch.no_grad():
         layer.bias.normal_()
     x = torch.randn(1, 2, 3, 4, 4)
+    if inputs == "non-negative":
+        x = x.abs()
     x[..., 0, 0] = 0.0  # voxels outside the data: no z^B bounds, no flat input
     factory, eps = RULES[rule]
     model = nn.Sequential(layer)
