@@ -14,7 +14,12 @@ layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2
 run their convolutions through oneDNN (``explain.rules.conv3d``), the reference gradient through
 PyTorch's own dispatch, which is 5–15× slower for batch-1 3-D convolutions with few channels: the
 JSON also gives each method against ``lrp_epsilon`` (gradient × input computed with the same
-oneDNN adjoints), the comparison free of that difference.
+oneDNN adjoints), the comparison free of that difference. Beside every time it gives the
+convolution arithmetic counted while it ran (``conv_gflop``, :func:`conv_flops`) and its ratio
+(``conv_flop_ratio_*``): the least a time ratio can be at equal efficiency. Exact z⁺ on the
+mixed-sign inputs that LeakyReLU gives needs one extra forward and two adjoints per layer
+(2.0× a gradient's arithmetic); each layer-wise filter needs its own two adjoints (8.5× one pass
+for the seed sweep).
 ``onnx``: latency (median over repeats, batch 1) and throughput (batch 4) of PyTorch eager and
 onnxruntime on every available provider (TensorRT, CUDA, CPU; the provider actually used is
 named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid,
@@ -27,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmark.errors import atomic_file
@@ -139,6 +145,47 @@ def bench_train(width: float = 0.25, grid_xyz=(48, 48, 19), batch: int = 2, step
             "width": width, "device": device, "results": rows}
 
 
+def _convolution_flops(x_shape, weight_shape, out_shape, transposed: bool) -> int:
+    """2 · multiply-adds of one (transposed) convolution; its adjoint costs the same."""
+    if transposed:  # every input point meets the whole kernel
+        return 2 * x_shape[0] * x_shape[1] * weight_shape[1] * math.prod(weight_shape[2:]) * math.prod(x_shape[2:])
+    return 2 * out_shape[0] * out_shape[1] * weight_shape[1] * math.prod(weight_shape[2:]) * math.prod(out_shape[2:])
+
+
+def conv_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of every convolution ``fn`` runs, 2 per multiply-add.
+
+    Counted: forward (``aten.convolution``), input/weight gradients (``aten.convolution_backward``)
+    and oneDNN calls (``aten.mkldnn_convolution``). Convolutions are nearly all of the arithmetic
+    of a 3-D U-Net, so the ratio of two counts is the least the ratio of their times can be at
+    equal efficiency.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            op = func._overloadpacket
+            if op is aten.convolution:  # input, weight, bias, stride, padding, dilation, transposed, …
+                self.total += _convolution_flops(args[0].shape, args[1].shape, out.shape, args[6])
+            elif op is aten.mkldnn_convolution:
+                self.total += _convolution_flops(args[0].shape, args[1].shape, out.shape, False)
+            elif op is aten.convolution_backward:  # grad_out, input, weight, …, transposed (7), …, mask (10)
+                once = _convolution_flops(args[1].shape, args[2].shape, args[0].shape, args[7])
+                self.total += once * sum(bool(m) for m in args[10][:2])
+            return out
+
+    counter = Counter()
+    with counter:
+        fn()
+    return counter.total
+
+
 def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> dict:
     """Explanation cost relative to one gradient (see the module docstring)."""
     import torch
@@ -172,12 +219,19 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
 
         reference = median_seconds(gradient, repeats)
         with_parameters = median_seconds(full_backward, repeats)
+        reference_flops = conv_flops(gradient)
         row = {"architecture": "unet3d", "width": width, "parameters": models.parameter_count(model),
-               "gradient_s": reference, "gradient_with_parameter_grads_s": with_parameters, "methods": {}}
+               "gradient_s": reference, "gradient_with_parameter_grads_s": with_parameters,
+               "gradient_conv_gflop": reference_flops / 1e9, "methods": {}}
         for method in explain.methods():
-            seconds = median_seconds(lambda m=method, model=model, x=x: explain.attribute(model, x, m), repeats)
+            def run(m=method, model=model, x=x):
+                return explain.attribute(model, x, m)
+
+            seconds = median_seconds(run, repeats)
+            flops = conv_flops(run)
             entry = {"seconds": seconds, "ratio_to_gradient": seconds / reference,
-                     "ratio_to_gradient_with_parameter_grads": seconds / with_parameters}
+                     "ratio_to_gradient_with_parameter_grads": seconds / with_parameters,
+                     "conv_gflop": flops / 1e9, "conv_flop_ratio_to_gradient": flops / reference_flops}
             if method in targets:
                 entry["target_ratio"] = targets[method]
                 entry["meets_target"] = seconds / reference <= targets[method]
@@ -186,11 +240,17 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
         for entry in row["methods"].values():
             entry["ratio_to_lrp_epsilon"] = entry["seconds"] / epsilon
         sweep = seed_sweep("layer")
-        single = row["methods"]["lrp_zplus_zbox"]["seconds"]
-        sweep_s = median_seconds(lambda model=model, x=x, sweep=sweep: explain.lrp_sweep(
-            model, x, "lrp_zplus_zbox", sweep), max(1, repeats // 2))
-        row["seed_sweep"] = {"filters": len(sweep), "seconds": sweep_s, "ratio_to_one_lrp": sweep_s / single,
-                             "target_ratio": 4.0, "meets_target": sweep_s / single <= 4.0}
+        single = row["methods"]["lrp_zplus_zbox"]
+
+        def run_sweep(model=model, x=x, sweep=sweep):
+            return explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
+
+        sweep_s = median_seconds(run_sweep, max(1, repeats // 2))
+        sweep_flops = conv_flops(run_sweep)
+        row["seed_sweep"] = {"filters": len(sweep), "seconds": sweep_s, "ratio_to_one_lrp": sweep_s / single["seconds"],
+                             "conv_gflop": sweep_flops / 1e9,
+                             "conv_flop_ratio_to_one_lrp": sweep_flops / (single["conv_gflop"] * 1e9),
+                             "target_ratio": 4.0, "meets_target": sweep_s / single["seconds"] <= 4.0}
         rows.append(row)
     return {"benchmark": "lrp", "grid_xyz": list(grid_xyz), "repeats": repeats, "results": rows}
 

@@ -1,0 +1,48 @@
+"""The benchmark's convolution arithmetic count: hand-computed layers and the LRP floors it proves."""
+
+import pytest
+import torch
+from torch import nn
+
+import explain
+import explain.filters
+import models
+from benchmark.perf import conv_flops
+from explain.attribution import frozen, target_mask
+from explain.rules import conv3d
+
+
+def test_conv_flops_counts_forward_adjoint_and_onednn():
+    torch.manual_seed(0)
+    conv = nn.Conv3d(2, 3, 3, padding=1, bias=False).requires_grad_(False)
+    x = torch.rand(1, 2, 4, 5, 6)
+    forward = 2 * 3 * 2 * 27 * (4 * 5 * 6)  # 2 · C_out · C_in · k³ · output voxels
+    assert conv_flops(lambda: conv(x)) == forward
+    assert conv_flops(lambda: conv3d(x, conv.weight, None, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1)) == forward
+    xg = x.clone().requires_grad_(True)
+    assert conv_flops(lambda: torch.autograd.grad(conv(xg).sum(), xg)) == 2 * forward  # + input gradient
+    up = nn.ConvTranspose3d(2, 3, 2, stride=2, bias=False)
+    assert conv_flops(lambda: up(x)) == 2 * 2 * 3 * 8 * (4 * 5 * 6)  # every input voxel meets the kernel
+    assert conv_flops(lambda: torch.relu(x)) == 0
+
+
+def test_lrp_costs_its_arithmetic_floor():
+    """ε: one forward and one adjoint per layer (as a gradient); z⁺ on mixed-sign inputs: one more
+    forward and one more adjoint (2× a gradient); the seed sweep: 2 adjoints per filtered pass."""
+    torch.manual_seed(0)
+    model = models.build("unet3d", 6, width=0.25).eval()
+    x = torch.rand(1, 6, 8, 16, 16)
+
+    def gradient():
+        with frozen(model):
+            xg = x.clone().requires_grad_(True)
+            logits = model(xg)
+            torch.autograd.grad(logits[:, 1], xg, target_mask(logits.detach()))
+
+    reference = conv_flops(gradient)
+    explain.attribute(model, x, "lrp_epsilon")  # the first call traces the BatchNorm pairs once
+    assert conv_flops(lambda: explain.attribute(model, x, "lrp_epsilon")) / reference == pytest.approx(1.0, abs=0.01)
+    assert conv_flops(lambda: explain.attribute(model, x, "lrp_zplus")) / reference == pytest.approx(2.0, abs=0.05)
+    one = conv_flops(lambda: explain.attribute(model, x, "lrp_zplus_zbox"))
+    sweep = conv_flops(lambda: explain.lrp_sweep(model, x, "lrp_zplus_zbox", explain.filters.seed_sweep()))
+    assert sweep / one == pytest.approx((2 + 16 * 2) / 4, abs=0.3)  # 16 passes share the two forwards
