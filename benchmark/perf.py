@@ -8,8 +8,9 @@ process so its peak resident memory (CPU) or ``max_memory_allocated`` (CUDA) is 
 GPU, fp32 and mixed precision are compared.
 ``lrp``: seconds of each explanation method against one gradient (forward + backward to the
 input, parameters frozen: the targets are checked against this one; a default backward that also
-computes parameter gradients is reported beside it) on ``unet3d`` at the default width (0.25) and at full width, at
-48×48×19, medians over repeats; and the seed's filter sweep (raw + 10 pass + 5 clamp,
+computes parameter gradients is reported beside it) on ``unet3d`` at the default width (0.25)
+and at full width, at 48×48×19, medians over repeats timed round-robin (one call of each per
+round); and the seed's filter sweep (raw + 10 pass + 5 clamp,
 layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×. The rules
 run their convolutions through oneDNN (``explain.rules.conv3d``), the reference gradient through
 PyTorch's own dispatch, which is 5–15× slower for batch-1 3-D convolutions with few channels: the
@@ -186,6 +187,23 @@ def conv_flops(fn: Callable[[], object]) -> int:
     return counter.total
 
 
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, timed round-robin after one warm-up call each.
+
+    One call of every entry per round, so the slow drifts of a shared machine touch all entries
+    alike and their ratios stay comparable.
+    """
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> dict:
     """Explanation cost relative to one gradient (see the module docstring)."""
     import torch
@@ -197,6 +215,7 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
 
     targets = {"lrp_epsilon": 1.5, "lrp_zplus": 1.5, "lrp_zplus_zbox": 1.5, "seed_published": 1.5,
                "epsilon_plus_flat": 1.5, "epsilon_gamma_box": 2.5, "alpha2beta1": 2.5}
+    sweep = seed_sweep("layer")
     rows = []
     for width in widths:
         torch.manual_seed(0)
@@ -217,42 +236,34 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
             (logits[:, 1] * mask).sum().backward()  # parameters require grad, as by default
             model.zero_grad(set_to_none=True)
 
-        reference = median_seconds(gradient, repeats)
-        with_parameters = median_seconds(full_backward, repeats)
-        reference_flops = conv_flops(gradient)
+        calls = {"gradient": gradient, "full_backward": full_backward}
+        calls.update({method: (lambda m=method, model=model, x=x: explain.attribute(model, x, m))
+                      for method in explain.methods()})
+        calls["seed_sweep"] = lambda model=model, x=x: explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
+        seconds = interleaved_medians(calls, repeats)
+        flops = {name: conv_flops(fn) for name, fn in calls.items()}
+        reference, with_parameters = seconds["gradient"], seconds["full_backward"]
         row = {"architecture": "unet3d", "width": width, "parameters": models.parameter_count(model),
                "gradient_s": reference, "gradient_with_parameter_grads_s": with_parameters,
-               "gradient_conv_gflop": reference_flops / 1e9, "methods": {}}
+               "gradient_conv_gflop": flops["gradient"] / 1e9, "methods": {}}
         for method in explain.methods():
-            def run(m=method, model=model, x=x):
-                return explain.attribute(model, x, m)
-
-            seconds = median_seconds(run, repeats)
-            flops = conv_flops(run)
-            entry = {"seconds": seconds, "ratio_to_gradient": seconds / reference,
-                     "ratio_to_gradient_with_parameter_grads": seconds / with_parameters,
-                     "conv_gflop": flops / 1e9, "conv_flop_ratio_to_gradient": flops / reference_flops}
+            entry = {"seconds": seconds[method], "ratio_to_gradient": seconds[method] / reference,
+                     "ratio_to_gradient_with_parameter_grads": seconds[method] / with_parameters,
+                     "ratio_to_lrp_epsilon": seconds[method] / seconds["lrp_epsilon"],
+                     "conv_gflop": flops[method] / 1e9,
+                     "conv_flop_ratio_to_gradient": flops[method] / flops["gradient"]}
             if method in targets:
                 entry["target_ratio"] = targets[method]
-                entry["meets_target"] = seconds / reference <= targets[method]
+                entry["meets_target"] = entry["ratio_to_gradient"] <= targets[method]
             row["methods"][method] = entry
-        epsilon = row["methods"]["lrp_epsilon"]["seconds"]  # = gradient × input, through the rules' oneDNN adjoints
-        for entry in row["methods"].values():
-            entry["ratio_to_lrp_epsilon"] = entry["seconds"] / epsilon
-        sweep = seed_sweep("layer")
-        single = row["methods"]["lrp_zplus_zbox"]
-
-        def run_sweep(model=model, x=x, sweep=sweep):
-            return explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
-
-        sweep_s = median_seconds(run_sweep, max(1, repeats // 2))
-        sweep_flops = conv_flops(run_sweep)
-        row["seed_sweep"] = {"filters": len(sweep), "seconds": sweep_s, "ratio_to_one_lrp": sweep_s / single["seconds"],
-                             "conv_gflop": sweep_flops / 1e9,
-                             "conv_flop_ratio_to_one_lrp": sweep_flops / (single["conv_gflop"] * 1e9),
-                             "target_ratio": 4.0, "meets_target": sweep_s / single["seconds"] <= 4.0}
+        ratio = seconds["seed_sweep"] / seconds["lrp_zplus_zbox"]
+        row["seed_sweep"] = {"filters": len(sweep), "seconds": seconds["seed_sweep"], "ratio_to_one_lrp": ratio,
+                             "conv_gflop": flops["seed_sweep"] / 1e9,
+                             "conv_flop_ratio_to_one_lrp": flops["seed_sweep"] / flops["lrp_zplus_zbox"],
+                             "target_ratio": 4.0, "meets_target": ratio <= 4.0}
         rows.append(row)
-    return {"benchmark": "lrp", "grid_xyz": list(grid_xyz), "repeats": repeats, "results": rows}
+    return {"benchmark": "lrp", "grid_xyz": list(grid_xyz), "repeats": repeats, "timing": "round-robin",
+            "results": rows}
 
 
 def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), repeats: int = 7) -> dict:

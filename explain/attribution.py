@@ -241,6 +241,9 @@ def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_fi
         raise ParameterError(f"method '{method}' takes no option {', '.join(options)}")
     generator = torch.Generator().manual_seed(seed)
     with frozen(model):
+        if method in ("gradient", "gradient_x_input"):  # the target from the same forward pass
+            gradient = _gradient(model, x, lambda logits: target_mask(logits, target)).detach()
+            return gradient if method == "gradient" else x * gradient
         with torch.no_grad():
             mask = target_mask(model(x), target)
 
@@ -249,10 +252,6 @@ def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_fi
 
         if method == "random":
             return torch.rand(x.shape, generator=generator)
-        if method == "gradient":
-            return _gradient(model, x, fixed).detach()
-        if method == "gradient_x_input":
-            return (x * _gradient(model, x, fixed)).detach()
         if method == "integrated_gradients":
             total = torch.zeros_like(x)
             for k in range(1, steps + 1):
