@@ -109,7 +109,10 @@ def test_model_is_left_as_it_was_also_on_error(x):
     assert model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert not any("forward" in vars(m) for m in model.modules())  # convolutions' oneDNN forward undone
     assert all(p.requires_grad for p in model.parameters())
+    explain.attribute(model, x, "lrp_zplus_zbox")
+    assert not any("forward" in vars(m) or m._forward_hooks for m in model.modules())
 
 
 def test_every_method_returns_the_input_shape(x):
