@@ -46,3 +46,16 @@ def test_lrp_costs_its_arithmetic_floor():
     one = conv_flops(lambda: explain.attribute(model, x, "lrp_zplus_zbox"))
     sweep = conv_flops(lambda: explain.lrp_sweep(model, x, "lrp_zplus_zbox", explain.filters.seed_sweep()))
     assert sweep / one == pytest.approx((2 + 16 * 2) / 4, abs=0.3)  # 16 passes share the two forwards
+
+
+def test_bench_lrp_reports_times_and_floors_for_every_method():
+    from benchmark.perf import bench_lrp
+
+    result = bench_lrp(widths=(0.0625,), grid_xyz=(16, 16, 8), repeats=1)
+    (row,) = result["results"]
+    assert set(row["methods"]) == set(explain.methods())
+    zplus = row["methods"]["lrp_zplus"]
+    assert zplus["seconds"] > 0 and zplus["conv_flop_ratio_to_gradient"] == pytest.approx(2.0, abs=0.05)
+    assert zplus["arithmetic_allows_target"] is False  # 1.5× is below exact z⁺'s arithmetic on LeakyReLU inputs
+    assert row["methods"]["epsilon_gamma_box"]["arithmetic_allows_target"] is True
+    assert row["seed_sweep"]["filters"] == 16 and row["seed_sweep"]["seconds"] > 0
