@@ -127,15 +127,26 @@ def evaluate_rules(cases: Sequence[Case], seed: int = 0) -> dict[str, list[dict]
     return out
 
 
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each call over ``repeats`` rounds after one warm-up call each, in s.
+
+    Timed round-robin (one call of every entry per round), so the slow drifts of a shared machine
+    touch all entries alike and their ratios stay comparable.
+    """
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call, in s."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians({"call": fn}, repeats)["call"]
 
 
 def latency(model: nn.Module, preprocess: dict, repeats: int = 5) -> dict[str, float | str]:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmark.errors import atomic_file
-from benchmark.evaluation import median_seconds
+from benchmark.evaluation import interleaved_medians, median_seconds
 
 
 def device_info() -> dict:
@@ -185,23 +185,6 @@ def conv_flops(fn: Callable[[], object]) -> int:
     with counter:
         fn()
     return counter.total
-
-
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each call, timed round-robin after one warm-up call each.
-
-    One call of every entry per round, so the slow drifts of a shared machine touch all entries
-    alike and their ratios stay comparable.
-    """
-    for fn in calls.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> dict:
