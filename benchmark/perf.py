@@ -224,7 +224,7 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
                       for method in explain.methods()})
         calls["seed_sweep"] = lambda model=model, x=x: explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
         seconds = interleaved_medians(calls, repeats)
-        flops = {name: conv_flops(fn) for name, fn in calls.items()}
+        flops = {name: conv_flops(fn) for name, fn in calls.items() if name != "full_backward"}  # not reported
         reference, with_parameters = seconds["gradient"], seconds["full_backward"]
         row = {"architecture": "unet3d", "width": width, "parameters": models.parameter_count(model),
                "gradient_s": reference, "gradient_with_parameter_grads_s": with_parameters,

@@ -316,10 +316,11 @@ class SignSplitRule(Rule):
         """The factors and adjoints shared by every backward pass of one explanation."""
         bias = None if module.bias is None else module.bias.view(1, -1, *([1] * (output.dim() - 2)))
         z0 = output if bias is None else output - bias
-        abs_x, abs_weight = x.abs(), module.weight.abs()
+        non_negative = bool((x >= 0).all())
+        abs_x, abs_weight = x if non_negative else x.abs(), module.weight.abs()
         c_w, c_b = self.coefficients(z0, layer_forward(module, abs_x, abs_weight, None), bias)
         a, b = self.scales
-        if c_w is c_b and bool((x >= 0).all()):
+        if c_w is c_b and non_negative:
             return ("one", Adjoint(module, a * module.weight + b * abs_weight), c_b)
         scaled_w = module.weight if a == 1 else a * module.weight
         scaled_abs = abs_weight if b == 1 else b * abs_weight
