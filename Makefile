@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(PY) -m mlproject.main
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
@@ -23,6 +24,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) data/synthetic .cache .pytest_cache

@@ -17,8 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmark.errors import atomic_file  # noqa: E402
-from benchmark.preprocessing import PreparedCase  # noqa: E402
+from benchmark.atomic import atomic_file  # noqa: E402
 
 
 def _finish(fig, ax, path: Path, title: str) -> Path:
@@ -51,9 +50,11 @@ def overlay_png(path: Path, background: np.ndarray, truth: np.ndarray | None,
 
 
 @torch.no_grad()
-def overlay_figures(model: nn.Module, cases: Sequence[PreparedCase], folder: Path,
+def overlay_figures(model: nn.Module, cases: Sequence, folder: Path,
                     modalities: Sequence[str], modality: str = "Tmax") -> list[Path]:
     """Overlays of a model's prediction for a few prepared cases at the training grid.
+
+    ``cases`` are prepared cases (anything with ``case_id``, ``image`` (C, D, H, W) and ``label``).
 
     Returns:
         The written PNG paths, one per case (``<case>_overlay.png``).

@@ -3,14 +3,14 @@
 Speed targets are checked here, never in timed tests: medians over repeats, device named.
 ``synth``: seconds to generate one synthetic case (maps, label, evidence) at a grid, on one core.
 ``train``: training throughput (volumes/s, voxels/s; forward + backward + Adam step, batch 2)
-and peak memory per architecture at the seed grid 48×48×19; each architecture runs in a fresh
+and peak memory per architecture at the study grid 48×48×19; each architecture runs in a fresh
 process so its peak resident memory (CPU) or ``max_memory_allocated`` (CUDA) is its own. On a
 GPU, fp32 and mixed precision are compared.
 ``lrp``: seconds of each explanation method against one gradient (forward + backward to the
 input, parameters frozen: the targets are checked against this one; a default backward that also
 computes parameter gradients is reported beside it) on ``unet3d`` at the default width (0.25)
 and at full width, at 48×48×19, medians over repeats timed round-robin (one call of each per
-round); and the seed's filter sweep (raw + 10 pass + 5 clamp,
+round); and the study's filter sweep (raw + 10 pass + 5 clamp,
 layer-wise) against one LRP pass. Targets: z⁺/ε ≤ 1.5×, γ and α-β ≤ 2.5×, sweep ≤ 4×. The rules
 run their convolutions through oneDNN (``explain.rules.conv3d``), the reference gradient through
 PyTorch's own dispatch, which is 5–15× slower for batch-1 3-D convolutions with few channels: the
@@ -20,7 +20,7 @@ convolution arithmetic counted while it ran (``conv_gflop``, :func:`conv_flops`)
 (``conv_flop_ratio_*``): the least a time ratio can be at equal efficiency. Exact z⁺ on the
 mixed-sign inputs that LeakyReLU gives needs one extra forward and two adjoints per layer
 (2.0× a gradient's arithmetic); each layer-wise filter needs its own two adjoints (8.5× one pass
-for the seed sweep). ``arithmetic_allows_target`` says whether a target lies above that floor.
+for the study sweep). ``arithmetic_allows_target`` says whether a target lies above that floor.
 ``onnx``: latency (median over repeats, batch 1) and throughput (batch 4) of PyTorch eager and
 onnxruntime on every available provider (TensorRT, CUDA, CPU; the provider actually used is
 named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid,
@@ -42,8 +42,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmark.errors import atomic_file
-from benchmark.evaluation import interleaved_medians, median_seconds
+from benchmark.atomic import atomic_file
+from benchmark.evaluation.robustness import interleaved_medians, median_seconds
 
 
 def device_info() -> dict:
@@ -62,7 +62,7 @@ def bench_synth(shape=(192, 192, 19), repeats: int = 5) -> dict:
     """Median seconds to generate one case (in memory) and to write it as NIfTI."""
     import tempfile
 
-    from benchmark.synthetic import generate_case, write_dataset
+    from benchmark.data.synthetic import generate_case, write_dataset
 
     generate = []
     for i in range(repeats):
@@ -86,7 +86,7 @@ def _train_throughput(name: str, width: float, grid_dhw, batch: int, steps: int,
     import torch
 
     import models
-    from benchmark.training import optimizer_step
+    from benchmark.training.loop import optimizer_step
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -194,11 +194,11 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
     import explain
     import models
     from explain.attribution import frozen, target_mask
-    from explain.filters import seed_sweep
+    from explain.filters import study_sweep
 
-    targets = {"lrp_epsilon": 1.5, "lrp_zplus": 1.5, "lrp_zplus_zbox": 1.5, "seed_published": 1.5,
+    targets = {"lrp_epsilon": 1.5, "lrp_zplus": 1.5, "lrp_zplus_zbox": 1.5, "study_published": 1.5,
                "epsilon_plus_flat": 1.5, "epsilon_gamma_box": 2.5, "alpha2beta1": 2.5}
-    sweep = seed_sweep("layer")
+    sweep = study_sweep("layer")
     rows = []
     for width in widths:
         torch.manual_seed(0)
@@ -222,7 +222,7 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
         calls = {"gradient": gradient, "full_backward": full_backward}
         calls.update({method: (lambda m=method, model=model, x=x: explain.attribute(model, x, m))
                       for method in explain.methods()})
-        calls["seed_sweep"] = lambda model=model, x=x: explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
+        calls["study_sweep"] = lambda model=model, x=x: explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
         seconds = interleaved_medians(calls, repeats)
         flops = {name: conv_flops(fn) for name, fn in calls.items() if name != "full_backward"}  # not reported
         reference, with_parameters = seconds["gradient"], seconds["full_backward"]
@@ -240,12 +240,12 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
                 entry["meets_target"] = entry["ratio_to_gradient"] <= targets[method]
                 entry["arithmetic_allows_target"] = entry["conv_flop_ratio_to_gradient"] <= targets[method]
             row["methods"][method] = entry
-        ratio = seconds["seed_sweep"] / seconds["lrp_zplus_zbox"]
-        row["seed_sweep"] = {"filters": len(sweep), "seconds": seconds["seed_sweep"], "ratio_to_one_lrp": ratio,
-                             "conv_gflop": flops["seed_sweep"] / 1e9,
-                             "conv_flop_ratio_to_one_lrp": flops["seed_sweep"] / flops["lrp_zplus_zbox"],
+        ratio = seconds["study_sweep"] / seconds["lrp_zplus_zbox"]
+        row["study_sweep"] = {"filters": len(sweep), "seconds": seconds["study_sweep"], "ratio_to_one_lrp": ratio,
+                             "conv_gflop": flops["study_sweep"] / 1e9,
+                             "conv_flop_ratio_to_one_lrp": flops["study_sweep"] / flops["lrp_zplus_zbox"],
                              "target_ratio": 4.0, "meets_target": ratio <= 4.0,
-                             "arithmetic_allows_target": flops["seed_sweep"] / flops["lrp_zplus_zbox"] <= 4.0}
+                             "arithmetic_allows_target": flops["study_sweep"] / flops["lrp_zplus_zbox"] <= 4.0}
         rows.append(row)
     return {"benchmark": "lrp", "grid_xyz": list(grid_xyz), "repeats": repeats, "timing": "round-robin",
             "results": rows}
@@ -259,8 +259,8 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
     import torch
 
     import models
-    from benchmark.preprocessing import PreprocessConfig
-    from models.export import PROVIDER_ORDER, Segmenter, export_onnx, quantize_int8
+    from benchmark.data.preprocessing import PreprocessConfig
+    from models.onnx import PROVIDER_ORDER, Segmenter, export_onnx, quantize_int8
 
     torch.manual_seed(0)
     model = models.build("unet3d", 6, width=width).eval()

@@ -4,7 +4,7 @@ What is explained (``target``), as the relevance put on the output logits before
 
 * ``None`` / ``"lesion"`` (default): the lesion-class logits at the voxels predicted as lesion
   (argmax); when a sample has no predicted lesion voxel, its most lesion-like voxel;
-* ``"map"``: the lesion-class logits of the whole output map (the seed's choice);
+* ``"map"``: the lesion-class logits of the whole output map (the study's choice);
 * a boolean mask (D, H, W) or (N, D, H, W): the lesion-class logits inside it;
 * a voxel ``(d, h, w)``: that voxel's lesion-class logit.
 
@@ -14,9 +14,9 @@ first; activations and unmerged BatchNorm ``Pass``; additions ``Norm``; gates
 
 * ``lrp_epsilon``: ε (default 1e-6, option ``epsilon``) on every convolution;
 * ``lrp_zplus``: z⁺ on every convolution;
-* ``lrp_zplus_zbox``: the seed's standard: z^B on the first convolution (bounds ``low``, ``high``,
+* ``lrp_zplus_zbox``: the study's standard: z^B on the first convolution (bounds ``low``, ``high``,
   default [0, 1]), z⁺ elsewhere;
-* ``seed_published``: as ``lrp_zplus_zbox`` with the seed's published z^B sign variant;
+* ``study_published``: as ``lrp_zplus_zbox`` with the study's published z^B sign variant;
 * ``epsilon_gamma_box``: z^B first, γ = 0.25 (option ``gamma``) on convolutions, ε on the output layer;
 * ``epsilon_plus_flat``: flat first, z⁺ on convolutions, ε on the output layer;
 * ``alpha2beta1``: α = 2, β = 1 on every convolution.
@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.errors import ParameterError
 from explain.core import Composite, ExplainContext, by_name, by_type, canonized
+from explain.errors import ExplainError
 from explain.filters import RelevanceFilter
 from explain.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, SignalTakesAll, ZBox, ZPlus
 from models.blocks import Add, AttentionGate, InputLens, Multiply, Upsample
 
 Tensor = torch.Tensor
 
-LRP_METHODS = ("lrp_epsilon", "lrp_zplus", "lrp_zplus_zbox", "seed_published", "epsilon_gamma_box",
+LRP_METHODS = ("lrp_epsilon", "lrp_zplus", "lrp_zplus_zbox", "study_published", "epsilon_gamma_box",
                "epsilon_plus_flat", "alpha2beta1")
 BASELINES = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "random")
 
@@ -68,7 +68,7 @@ def input_layers(model: nn.Module) -> list[str]:
     """
     names = _conv_names(model)
     if not names:
-        raise ParameterError("the model has no convolution: LRP needs at least one Conv3d")
+        raise ExplainError("the model has no convolution: LRP needs at least one Conv3d")
     modules = dict(model.named_modules())
     channels = getattr(modules[names[0]], "in_channels", None)
     return [n for n in names if isinstance(modules[n], nn.Conv3d) and modules[n].in_channels == channels][:2]
@@ -94,14 +94,14 @@ def composite(model: nn.Module, method: str, epsilon: float | None = None, gamma
         "lrp_epsilon": [(conv, lambda: Epsilon(eps))],
         "lrp_zplus": [(conv, ZPlus)],
         "lrp_zplus_zbox": [(first, lambda: ZBox(low, high)), (conv, ZPlus)],
-        "seed_published": [(first, lambda: ZBox(low, high, seed_published=True)), (conv, ZPlus)],
+        "study_published": [(first, lambda: ZBox(low, high, study_published=True)), (conv, ZPlus)],
         "epsilon_gamma_box": [(first, lambda: ZBox(low, high)), (head, lambda: Epsilon(eps)),
                               (conv, lambda: Gamma(gamma))],
         "epsilon_plus_flat": [(first, Flat), (head, lambda: Epsilon(eps)), (conv, ZPlus)],
         "alpha2beta1": [(conv, lambda: AlphaBeta(2.0, 1.0))],
     }
     if method not in table:
-        raise ParameterError(f"method '{method}' is not an LRP variant: choose one of {', '.join(table)}")
+        raise ExplainError(f"method '{method}' is not an LRP variant: choose one of {', '.join(table)}")
     return Composite(table[method] + _common(), name=method)
 
 
@@ -118,10 +118,10 @@ def target_mask(logits: Tensor, target=None) -> Tensor:
     if isinstance(target, str):
         if target == "map":
             return torch.ones(n, d, h, w, dtype=logits.dtype)
-        raise ParameterError(f"target '{target}' is unknown: use lesion, map, a mask or a voxel (d, h, w)")
+        raise ExplainError(f"target '{target}' is unknown: use lesion, map, a mask or a voxel (d, h, w)")
     if isinstance(target, tuple | list) and len(target) == 3 and all(isinstance(v, int | np.integer) for v in target):
         if not all(0 <= v < s for v, s in zip(target, (d, h, w))):
-            raise ParameterError(f"target voxel {tuple(target)} lies outside the grid {(d, h, w)}")
+            raise ExplainError(f"target voxel {tuple(target)} lies outside the grid {(d, h, w)}")
         mask = torch.zeros(n, d, h, w, dtype=logits.dtype)
         mask[:, target[0], target[1], target[2]] = 1.0
         return mask
@@ -129,7 +129,7 @@ def target_mask(logits: Tensor, target=None) -> Tensor:
     if mask.dim() == 3:
         mask = mask.unsqueeze(0).expand(n, -1, -1, -1)
     if tuple(mask.shape) != (n, d, h, w):
-        raise ParameterError(f"target mask has shape {tuple(mask.shape)} but the output grid is {(n, d, h, w)} "
+        raise ExplainError(f"target mask has shape {tuple(mask.shape)} but the output grid is {(n, d, h, w)} "
                              "(or (D, H, W)): give a mask on the model's input grid")
     return mask.to(logits.dtype)
 
@@ -159,7 +159,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 def _check_input(x: Tensor) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 5:
-        raise ParameterError(f"x must be a (N, C, D, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+        raise ExplainError(f"x must be a (N, C, D, H, W) tensor, got {getattr(x, 'shape', type(x))}")
     return x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
 
 
@@ -175,7 +175,7 @@ def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[Releva
     """
     x = _check_input(x)
     if method not in LRP_METHODS:
-        raise ParameterError(f"method '{method}' is unknown: choose one of {', '.join(methods())}")
+        raise ExplainError(f"method '{method}' is unknown: choose one of {', '.join(methods())}")
     out: dict[str, Tensor] = {}
     with frozen(model), canonized(model, x):
         comp = composite(model, method, **options)
@@ -236,9 +236,9 @@ def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_fi
         relevance, _ = lrp_sweep(model, x, method, [chosen], target, **options)
         return relevance[chosen.name]
     if method not in BASELINES:
-        raise ParameterError(f"method '{method}' is unknown: choose one of {', '.join(methods())}")
+        raise ExplainError(f"method '{method}' is unknown: choose one of {', '.join(methods())}")
     if options:
-        raise ParameterError(f"method '{method}' takes no option {', '.join(options)}")
+        raise ExplainError(f"method '{method}' takes no option {', '.join(options)}")
     generator = torch.Generator().manual_seed(seed)
     with frozen(model):
         if method in ("gradient", "gradient_x_input"):  # the target from the same forward pass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.errors import ParameterError
+from explain.errors import ExplainError
 from explain.rules import Rule, layer_forward
 from models.blocks import Add, Concat, Multiply, Upsample
 
@@ -102,7 +102,7 @@ class Composite:
         self.name = name
 
     def rules(self, model: nn.Module) -> dict[str, tuple[nn.Module, Rule]]:
-        """The rule of every leaf module, or a :class:`ParameterError` naming an uncovered one."""
+        """The rule of every leaf module, or a :class:`ExplainError` naming an uncovered one."""
         assigned = {}
         for name, module in model.named_modules():
             if list(module.children()) and not _is_combiner(module):
@@ -113,7 +113,7 @@ class Composite:
                     break
             else:
                 if not isinstance(module, NATIVE) and not _is_router(module):
-                    raise ParameterError(
+                    raise ExplainError(
                         f"layer '{name}' ({type(module).__name__}) has no rule in composite '{self.name}': "
                         f"add a rule for {type(module).__name__} to the composite (e.g. Pass() for an "
                         "element-wise activation, Epsilon() for a linear layer)")
@@ -235,7 +235,7 @@ class BatchNormCanonizer:
     def apply(self, model: nn.Module, example: Tensor) -> BatchNormCanonizer:
         """Merge in place (the model must be in eval mode)."""
         if model.training:
-            raise ParameterError("BatchNorm can only be merged in eval mode: call model.eval() first")
+            raise ExplainError("BatchNorm can only be merged in eval mode: call model.eval() first")
         for conv_name, conv, bn_name, bn in self.pairs(model, example):
             # every change below assigns a new tensor, so the originals are kept by reference
             self._saved.append((conv, {"weight": conv.weight.data,

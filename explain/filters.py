@@ -1,4 +1,4 @@
-"""Relevance filters (the seed's): keep or clip normalised relevance inside an interval.
+"""Relevance filters (the study's): keep or clip normalised relevance inside an interval.
 
 For relevance ``R`` of one sample, ``r = R / max|R|`` lies in [−1, 1]. With an interval
 [a, b] ⊆ [0, 1] applied to positive values and its mirror [−b, −a] to negative ones:
@@ -8,7 +8,7 @@ For relevance ``R`` of one sample, ``r = R / max|R|`` lies in [−1, 1]. With an
 * ``raw``: no filter.
 
 The result is multiplied by ``max|R|`` again, so units are kept. A filter runs either after
-every layer during propagation (``layer``, as the seed did) or once on the input relevance
+every layer during propagation (``layer``, as the study did) or once on the input relevance
 (``post``). Names: ``raw``, ``pass_0_0.05``, ``clamp_0.1_1``; ``post_`` in front selects post-hoc.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.errors import ParameterError
+from explain.errors import ExplainError
 
 Tensor = torch.Tensor
 MODES = ("layer", "post")
@@ -42,12 +42,12 @@ class RelevanceFilter:
 
     def __post_init__(self):
         if self.kind not in ("pass", "clamp", "raw"):
-            raise ParameterError(f"filter kind '{self.kind}' is unknown: use pass, clamp or raw")
+            raise ExplainError(f"filter kind '{self.kind}' is unknown: use pass, clamp or raw")
         if not (0.0 <= self.low < self.high <= 1.0):
-            raise ParameterError(f"filter interval [{self.low}, {self.high}] must lie within [0, 1] with "
+            raise ExplainError(f"filter interval [{self.low}, {self.high}] must lie within [0, 1] with "
                                  "low < high, e.g. pass_0_0.2")
         if self.mode not in MODES:
-            raise ParameterError(f"filter mode '{self.mode}' is unknown: use layer or post")
+            raise ExplainError(f"filter mode '{self.mode}' is unknown: use layer or post")
 
     @property
     def name(self) -> str:
@@ -81,19 +81,19 @@ class RelevanceFilter:
         return relevance * keep
 
 
-SEED_PASS = [(0, .05), (0, .1), (0, .2), (0, .4), (0, .6), (.05, 1), (.1, 1), (.2, 1), (.4, 1), (.6, 1)]
-SEED_CLAMP = [(0, .05), (0, .1), (0, .2), (0, .4), (0, .6)]
+STUDY_PASS = [(0, .05), (0, .1), (0, .2), (0, .4), (0, .6), (.05, 1), (.1, 1), (.2, 1), (.4, 1), (.6, 1)]
+STUDY_CLAMP = [(0, .05), (0, .1), (0, .2), (0, .4), (0, .6)]
 
 
-def seed_sweep(mode: str = "layer") -> list[RelevanceFilter]:
-    """The seed's sweep: raw, 10 pass and 5 clamp intervals."""
-    return ([RelevanceFilter()] + [RelevanceFilter("pass", a, b, mode) for a, b in SEED_PASS]
-            + [RelevanceFilter("clamp", a, b, mode) for a, b in SEED_CLAMP])
+def study_sweep(mode: str = "layer") -> list[RelevanceFilter]:
+    """The study's sweep: raw, 10 pass and 5 clamp intervals."""
+    return ([RelevanceFilter()] + [RelevanceFilter("pass", a, b, mode) for a, b in STUDY_PASS]
+            + [RelevanceFilter("clamp", a, b, mode) for a, b in STUDY_CLAMP])
 
 
-GRIDS = {"seed_sweep": lambda: seed_sweep("layer"), "seed_sweep_post": lambda: seed_sweep("post"),
-         "seed_pass": lambda: [RelevanceFilter("pass", a, b) for a, b in SEED_PASS],
-         "seed_clamp": lambda: [RelevanceFilter("clamp", a, b) for a, b in SEED_CLAMP]}
+GRIDS = {"study_sweep": lambda: study_sweep("layer"), "study_sweep_post": lambda: study_sweep("post"),
+         "study_pass": lambda: [RelevanceFilter("pass", a, b) for a, b in STUDY_PASS],
+         "study_clamp": lambda: [RelevanceFilter("clamp", a, b) for a, b in STUDY_CLAMP]}
 
 
 def parse_filter(name: str) -> RelevanceFilter:
@@ -110,7 +110,7 @@ def parse_filter(name: str) -> RelevanceFilter:
         if len(parts) != 3:
             raise ValueError
     except (IndexError, ValueError):
-        raise ParameterError(f"filter '{name}' is unknown: use raw, pass_A_B, clamp_A_B (0 <= A < B <= 1), "
+        raise ExplainError(f"filter '{name}' is unknown: use raw, pass_A_B, clamp_A_B (0 <= A < B <= 1), "
                              f"a post_ prefix, or a grid: {', '.join(GRIDS)}") from None
     return RelevanceFilter(kind, low, high, mode)
 

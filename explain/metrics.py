@@ -4,9 +4,9 @@ Notation: relevance ``R`` (C, D, H, W), input ``x`` (C, D, H, W), lesion mask ``
 ground-truth evidence ``E`` (C, D, H, W, synthetic data), ``R⁺ = max(R, 0)`` and the voxel map
 ``r = Σ_c R_c``. All are computed on the model's input grid.
 
-* ``blrp_to_ot`` (the seed's, per modality c): ``B_c = |R_c| / max|R_c| > 0.5``;
+* ``blrp_to_ot`` (the study's, per modality c): ``B_c = |R_c| / max|R_c| > 0.5``;
   ``|B_c ∩ G| / |G|``, the share of the lesion covered by strong relevance.
-* ``blrp_to_bx`` (the seed's): ``X_c = |x_c| / max|x_c| > 0.1``; ``|B_c ∩ X_c| / |X_c|``.
+* ``blrp_to_bx`` (the study's): ``X_c = |x_c| / max|x_c| > 0.1``; ``|B_c ∩ X_c| / |X_c|``.
 * ``relevance_mass_accuracy``: ``Σ_{G} R⁺ / Σ R⁺`` (Arras et al.; over all modalities).
 * ``relevance_rank_accuracy``: of the K = |G| voxels with the largest ``r``, the share inside G.
 * ``pointing_game``: 1 if the voxel with the largest ``r`` lies in G, else 0.
@@ -54,13 +54,13 @@ def binarised(relevance: np.ndarray, level: float = 0.5) -> np.ndarray:
 
 
 def blrp_to_ot(relevance: np.ndarray, lesion: np.ndarray) -> np.ndarray:
-    """The seed's lesion coverage per modality: ``|B_c ∩ G| / |G|``."""
+    """The study's lesion coverage per modality: ``|B_c ∩ G| / |G|``."""
     b = binarised(relevance)
     return np.array([_ratio((bc & lesion).sum(), lesion.sum()) for bc in b])
 
 
 def blrp_to_bx(relevance: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The seed's input coverage per modality: ``|B_c ∩ X_c| / |X_c|``, ``X_c = |x_c|/max > 0.1``."""
+    """The study's input coverage per modality: ``|B_c ∩ X_c| / |X_c|``, ``X_c = |x_c|/max > 0.1``."""
     b, xb = binarised(relevance), binarised(x, 0.1)
     return np.array([_ratio((bc & xc).sum(), xc.sum()) for bc, xc in zip(b, xb)])
 

@@ -15,7 +15,7 @@ where ``J_tᵀ`` is the layer's adjoint (the input gradient) with parameters ``�
 * z⁺ (``ZPlus``): (x⁺; W⁺) + (x⁻; W⁻), no bias: only positive contributions count (outputs
   without any positive contribution fall back to their negative ones, which conserves relevance).
 * z^B (``ZBox``, bounds l ≤ x ≤ h; [0, 0] where every channel is 0): (x; W) − (l; W⁺) − (h; W⁻).
-  ``ZBox(seed_published=True)`` is the seed's published variant: (x; W) − (l; W⁺) − (h; W⁺),
+  ``ZBox(study_published=True)`` is the study's published variant: (x; W) − (l; W⁺) − (h; W⁺),
   i.e. max(0, W) where z^B needs min(0, W).
 * γ (``Gamma``): (x⁺; W + γW⁺) + (x⁻; W + γW⁻), bias b + γb⁺.
 * α-β (``AlphaBeta``): α·[positive group (x⁺; W⁺) + (x⁻; W⁻)] − β·[negative group (x⁺; W⁻) + (x⁻; W⁺)].
@@ -56,7 +56,7 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dila
     """``F.conv3d``; on the CPU straight through oneDNN.
 
     PyTorch's CPU dispatch sends a batch-1 3-D convolution with few channels (N·C·D·H ≤ 20480,
-    3-wide kernels, one group) to its native kernel, which on the seed's 48×48×19 volumes is
+    3-wide kernels, one group) to its native kernel, which on the study's 48×48×19 volumes is
     5–15× slower than oneDNN; the rules' own convolutions skip that choice. The results agree
     to float rounding (about 1e-6 relative).
     """
@@ -233,21 +233,21 @@ class ZBox(LinearRule):
     Args:
         low: lower bound l of the inputs (e.g. 0 after min-max normalisation).
         high: upper bound h.
-        seed_published: the seed's published sign variant (max(0, W) for the ``h`` term).
+        study_published: the study's published sign variant (max(0, W) for the ``h`` term).
     """
 
     name = "zbox"
 
-    def __init__(self, low: float = 0.0, high: float = 1.0, seed_published: bool = False, epsilon: float = 1e-9):
-        self.low, self.high, self.seed_published = low, high, seed_published
-        high_weight = _positive if seed_published else _negative
+    def __init__(self, low: float = 0.0, high: float = 1.0, study_published: bool = False, epsilon: float = 1e-9):
+        self.low, self.high, self.study_published = low, high, study_published
+        high_weight = _positive if study_published else _negative
         super().__init__([(1.0, [Term(1.0, _identity, _identity, _no_bias),
                                  Term(-1.0, lambda x: low * data_mask(x).expand_as(x), _positive, _no_bias),
                                  Term(-1.0, lambda x: high * data_mask(x).expand_as(x), high_weight, _no_bias)])],
                          epsilon)
 
     def __repr__(self) -> str:
-        return f"ZBox(low={self.low}, high={self.high}, seed_published={self.seed_published})"
+        return f"ZBox(low={self.low}, high={self.high}, study_published={self.study_published})"
 
 
 class Flat(LinearRule):

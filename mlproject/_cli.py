@@ -7,18 +7,18 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmark.errors import StrokelensError
+from benchmark.errors import USER_ERRORS, StrokelensError
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a :class:`StrokelensError` becomes one stderr line and exit code 2.
+    """Call ``main(argv)``; a user error (:data:`benchmark.errors.USER_ERRORS`) becomes one stderr line and exit code 2.
 
     Ctrl-C exits with 130 after one line; the stages themselves leave nothing half-written.
     """
     prog = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "strokelens"
     try:
         return int(main(argv) or 0)
-    except StrokelensError as exc:
+    except USER_ERRORS as exc:
         print(f"strokelens {prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -37,7 +37,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def shape_list(text: str) -> list[tuple[int, int, int]]:
     """Argparse type: ``'192x192x19,128x128x25'`` → [(192, 192, 19), (128, 128, 25)]."""
-    from benchmark.synthetic import parse_shape
+    from benchmark.data.synthetic import parse_shape
 
     try:
         return [parse_shape(part) for part in text.split(",") if part.strip()]

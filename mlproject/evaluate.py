@@ -14,13 +14,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark.baselines import CLINICAL_RULES
-from benchmark.datasets import discover, read_case
+from benchmark.data.cases import discover, read_case
+from benchmark.data.preprocessing import PreprocessConfig, prepare
 from benchmark.errors import ParameterError
-from benchmark.evaluation import NOISE_SIGMA, ZERO_FRACTION, evaluate_model, evaluate_rules, latency, summarize
-from benchmark.preprocessing import PreprocessConfig, prepare
-from benchmark.search import split_cases
-from benchmark.training import load_model
+from benchmark.evaluation.clinical_rules import CLINICAL_RULES
+from benchmark.evaluation.robustness import (
+    NOISE_SIGMA,
+    ZERO_FRACTION,
+    evaluate_model,
+    evaluate_rules,
+    latency,
+    summarize,
+)
+from benchmark.training.loop import load_model
+from benchmark.training.search import split_cases
 from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run
 from tracking import runs as tracking
 from tracking.records import Store, best_trial_per_architecture
@@ -84,7 +91,7 @@ def evaluate_study(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, da
                 tracking.log_summary({**summarize(rows), **speed})
                 tracking.log_cases(rows)
         for rule, rows in evaluate_rules(raw_cases, seed=seed).items():
-            with tracking.baseline_run(study, rule, {"rule": rule}):
+            with tracking.clinical_rule_run(study, rule, {"rule": rule}):
                 tracking.log_summary(summarize(rows))
                 tracking.log_cases(rows)
     return (f"evaluated {len(best)} architectures and {len(CLINICAL_RULES)} clinical rules on {len(raw_cases)} "

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.datasets import discover, read_case
-from benchmark.defaults import DEFAULT_DATA, ensure_default_data
+from benchmark.data.cases import discover, read_case
+from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
+from benchmark.data.nifti import write_volume
+from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.errors import ParameterError
 from benchmark.figures import lesion_slice, relevance_png
-from benchmark.nifti import write_volume
-from benchmark.preprocessing import PreprocessConfig, prepare, to_native
-from benchmark.search import split_cases
-from benchmark.training import load_model
+from benchmark.training.loop import load_model
+from benchmark.training.search import split_cases
+from explain.assessment import explain_case
 from explain.attribution import methods as all_methods
-from explain.evaluation import explain_case
 from explain.filters import parse_filters
 from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run, split_list
 from tracking import runs as tracking
@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None):
                         "(default: the best trial of the latest search)")
     parser.add_argument("--data", default="", help=f"data folder (default: the synthetic default, {DEFAULT_DATA})")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list or all: {', '.join(all_methods())}")
-    parser.add_argument("--filters", default="raw", help="comma list: raw, pass_A_B, clamp_A_B, post_…, seed_sweep")
+    parser.add_argument("--filters", default="raw", help="comma list: raw, pass_A_B, clamp_A_B, post_…, study_sweep")
     parser.add_argument("--cases", default="2", help="how many validation cases, or a comma list of case ids")
     add_experiment_argument(parser)
     parser.add_argument("--heavy", default="raw", choices=["raw", "all", "none"],

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.datasets import discover, read_case
-from benchmark.metrics import dice
-from benchmark.preprocessing import PreprocessConfig, prepare, to_native
-from benchmark.search import split_cases
-from benchmark.training import load_model
+from benchmark.data.cases import discover, read_case
+from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
+from benchmark.evaluation.segmentation import dice
+from benchmark.training.loop import load_model
+from benchmark.training.search import split_cases
 from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run
-from models.export import Segmenter, export_onnx, quantize_int8, sidecar_path
+from models.onnx import Segmenter, export_onnx, quantize_int8, sidecar_path
 from tracking import runs as tracking
 
 

@@ -4,7 +4,7 @@ Synthetic data when no ``--data`` is given (generated once, then reused) → a s
 the hyper-parameter search (``mlproject.train``) → ONNX export of its best model, registered as
 ``strokelens-segmenter@champion`` (``mlproject.export``) → the architecture leaderboard's figures
 for the best trial of every architecture and the clinical rules (``mlproject.evaluate``) →
-explanations of the best model by every method under the seed's filter sweep, layer-wise and
+explanations of the best model by every method under the study's filter sweep, layer-wise and
 post-hoc (``mlproject.explain``) → the leaderboard report (``mlproject.report``). Every train flag
 passes through unchanged.
 """
@@ -14,15 +14,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmark.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, ensure_default_data
-from benchmark.summary import summarize_dataset
+from benchmark.data.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, ensure_default_data
+from benchmark.evaluation.dataset_summary import summarize_dataset
 from explain.filters import parse_filters
 from mlproject import evaluate, explain, report
 from mlproject._cli import ArgumentParser, run, split_list
 from mlproject.train import parse, search_and_export
 from tracking.runs import tracking_uri
 
-DEFAULT_FILTERS = "seed_sweep,seed_sweep_post"
+DEFAULT_FILTERS = "study_sweep,study_sweep_post"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path, made = ensure_default_data(DEFAULT_DATA, args.cases, args.seed)
         print(f"{'generated' if made else 'reusing'} synthetic data in {path}")
         data = str(path)
-    _, lines = summarize_dataset(data, with_baselines=False)
+    _, lines = summarize_dataset(data, with_rules=False)
     print("\n".join(lines))
     result = search_and_export(train_args, settings)
     experiment = result.experiment  # under `mlflow run`, the project run's experiment holds the search

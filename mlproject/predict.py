@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.datasets import prediction_inputs, read_case
+from benchmark.data.cases import prediction_inputs, read_case
+from benchmark.data.nifti import write_volume
+from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.errors import ParameterError
-from benchmark.nifti import write_volume
-from benchmark.preprocessing import PreprocessConfig, prepare, to_native
 from mlproject._cli import ArgumentParser, run
-from models.export import Segmenter
+from models.onnx import Segmenter
 from tracking import runs as tracking
 
 DEFAULT_MODEL = f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS}"

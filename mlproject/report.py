@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmark.report import build_report
+from benchmark.reporting.report import build_report
 from mlproject._cli import ArgumentParser, add_experiment_argument, experiment_of, run
 from tracking import runs as tracking
 

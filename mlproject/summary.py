@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmark.summary import summarize_dataset
+from benchmark.evaluation.dataset_summary import summarize_dataset
 from mlproject._cli import ArgumentParser, run
 
 
@@ -13,9 +13,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the per-case table and the summary lines."""
     parser = ArgumentParser(prog="python -m mlproject.summary", description=__doc__)
     parser.add_argument("--data", required=True, help="ISLES 2017 or nnU-Net raw folder")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the threshold rules")
+    parser.add_argument("--no-rules", action="store_true", help="skip the threshold rules")
     args = parser.parse_args(argv)
-    table, lines = summarize_dataset(args.data, with_baselines=not args.no_baselines)
+    table, lines = summarize_dataset(args.data, with_rules=not args.no_rules)
     print(table.to_string(index=False))
     print("\n".join(lines))
     return 0

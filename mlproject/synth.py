@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmark.synthetic import LAYOUTS, write_dataset
+from benchmark.data.synthetic import LAYOUTS, write_dataset
 from mlproject._cli import ArgumentParser, run, shape_list
 
 

@@ -8,18 +8,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark.defaults import DEFAULT_DATA, ensure_default_data
+from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.errors import ParameterError
-from benchmark.search import (
-    PROFILES,
-    SearchResult,
-    SearchSettings,
-    describe,
-    resolve_profile,
-    restrict,
-    run_search,
-)
-from benchmark.training import resolve_device
+from benchmark.training.loop import resolve_device
+from benchmark.training.profiles import PROFILES, resolve_profile, restrict
+from benchmark.training.search import SearchResult, SearchSettings, describe, run_search
 from mlproject._cli import ArgumentParser, run, split_list
 from mlproject.export import export_model
 from models.registry import available

@@ -1,4 +1,9 @@
-"""3-D segmentation architectures, their registry, ONNX export and inference sessions."""
+"""A library of 3-D segmentation architectures.
+
+Blocks, networks, the registry, ONNX export and the onnxruntime session. It imports nothing from
+the rest of strokelens except the explainable layers of :mod:`explain`, and raises
+:class:`models.errors.ModelError`.
+"""
 
 from models.registry import available, build, build_from_config, parameter_count
 

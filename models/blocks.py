@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NEGATIVE_SLOPE = 0.2
-"""The seed's LeakyReLU slope."""
+"""The study's LeakyReLU slope."""
 
 
 class Concat(nn.Module):
@@ -54,7 +54,7 @@ def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
 
 
 class ConvBlock(nn.Sequential):
-    """The seed's level: (Conv3d 3×3×3 → BatchNorm3d → LeakyReLU(0.2)) twice.
+    """The study's level: (Conv3d 3×3×3 → BatchNorm3d → LeakyReLU(0.2)) twice.
 
     Args:
         in_channels: input channels.
@@ -153,7 +153,7 @@ class AttentionGate(nn.Module):
 
 
 class InputLens(nn.Module):
-    """The seed's learned input "lens": a voxel-wise gate on the input modalities.
+    """The study's learned input "lens": a voxel-wise gate on the input modalities.
 
     ``x × σ(conv1×1×1(x))``: one gate per modality and voxel, initialised near 1 so training
     starts from the plain network.

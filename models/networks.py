@@ -1,4 +1,4 @@
-"""3-D segmentation networks: the seed's U-Net and the families users compare it with.
+"""3-D segmentation networks: the study's U-Net and the families users compare it with.
 
 All take (N, C, D, H, W) float32 of any spatial size and return (N, out_channels, D, H, W) logits:
 down-sampling rounds odd sizes up (``ceil_mode`` pooling, stride-2 convolutions with padding) and
@@ -23,8 +23,8 @@ from models.blocks import (
     crop_like,
 )
 
-SEED_FEATURES = (32, 64, 128, 256, 512)
-"""The seed's channel numbers at full width (≈19.1 M parameters for six input modalities)."""
+STUDY_FEATURES = (32, 64, 128, 256, 512)
+"""The study's channel numbers at full width (≈19.1 M parameters for six input modalities)."""
 
 
 def scaled(features: tuple[int, ...], width: float) -> tuple[int, ...]:
@@ -33,7 +33,7 @@ def scaled(features: tuple[int, ...], width: float) -> tuple[int, ...]:
 
 
 class UNet3D(nn.Module):
-    """The seed's 3-D U-Net (Çiçek et al. 2016 layout), with optional lens, residual blocks, gates.
+    """The study's 3-D U-Net (Çiçek et al. 2016 layout), with optional lens, residual blocks, gates.
 
     Encoder: level blocks ``in→f0→f1``, ``f1→f1→f2``, ``f2→f2→f3`` each followed by 2×2×2 max
     pooling, bottom ``f3→f3→f4``. Decoder: 2×2×2 transposed convolution (same channels), skip
@@ -43,10 +43,10 @@ class UNet3D(nn.Module):
     Args:
         in_channels: input modalities C.
         out_channels: classes (2: background, lesion).
-        width: multiplier of :data:`SEED_FEATURES` (1.0 is the seed's network).
-        block: ``conv`` (the seed's double convolution) or ``residual``.
+        width: multiplier of :data:`STUDY_FEATURES` (1.0 is the study's network).
+        block: ``conv`` (the study's double convolution) or ``residual``.
         attention: gate every skip connection with an :class:`AttentionGate`.
-        lens: put an :class:`InputLens` in front (the seed's ``unet3d_lens``).
+        lens: put an :class:`InputLens` in front (the study's ``unet3d_lens``).
     """
 
     def __init__(self, in_channels: int, out_channels: int = 2, width: float = 1.0, block: str = "conv",
@@ -59,7 +59,7 @@ class UNet3D(nn.Module):
         if block not in ("conv", "residual"):
             raise ValueError(f"block must be 'conv' or 'residual', got {block!r}")
         make = ConvBlock if block == "conv" else ResidualBlock
-        f = scaled(SEED_FEATURES, width)
+        f = scaled(STUDY_FEATURES, width)
         self.lens = InputLens(in_channels) if lens else nn.Identity()
         self.encoders = nn.ModuleList([make(in_channels, f[0], f[1]), make(f[1], f[1], f[2]),
                                        make(f[2], f[2], f[3])])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from benchmark.errors import ParameterError
+from models.errors import ModelParameterError
 from models.networks import SegResNet3D, UNet3D
 
 
@@ -26,8 +26,8 @@ class Architecture:
 
 
 REGISTRY: dict[str, Architecture] = {
-    "unet3d": Architecture(UNet3D, {}, "the seed's 3-D U-Net (Çiçek layout, 19.1 M parameters at width 1)"),
-    "unet3d_lens": Architecture(UNet3D, {"lens": True}, "the seed's U-Net behind a learned input lens"),
+    "unet3d": Architecture(UNet3D, {}, "the study's 3-D U-Net (Çiçek layout, 19.1 M parameters at width 1)"),
+    "unet3d_lens": Architecture(UNet3D, {"lens": True}, "the study's U-Net behind a learned input lens"),
     "resunet3d": Architecture(UNet3D, {"block": "residual"}, "U-Net with residual blocks (additions)"),
     "attention_unet3d": Architecture(UNet3D, {"attention": True},
                                      "U-Net with attention-gated skips (multiplicative gates)"),
@@ -53,19 +53,19 @@ def build(name: str, in_channels: int, out_channels: int = 2, **hparams) -> nn.M
         The model, with ``model.build_config`` set.
 
     Raises:
-        ParameterError: unknown name or hyper-parameter, or an invalid value.
+        ModelParameterError: unknown name or hyper-parameter, or an invalid value.
     """
     if name not in REGISTRY:
-        raise ParameterError(f"architecture '{name}' is unknown: choose one of {', '.join(REGISTRY)}")
+        raise ModelParameterError(f"architecture '{name}' is unknown: choose one of {', '.join(REGISTRY)}")
     entry = REGISTRY[name]
     unknown = sorted(set(hparams) - set(entry.hparams))
     if unknown:
-        raise ParameterError(f"architecture '{name}' takes no hyper-parameter {', '.join(unknown)}: "
+        raise ModelParameterError(f"architecture '{name}' takes no hyper-parameter {', '.join(unknown)}: "
                              f"use {', '.join(entry.hparams)}")
     try:
         model = entry.constructor(in_channels, out_channels, **entry.fixed, **hparams)
     except ValueError as exc:
-        raise ParameterError(f"architecture '{name}': {exc}") from exc
+        raise ModelParameterError(f"architecture '{name}': {exc}") from exc
     model.build_config = {"name": name, "in_channels": int(in_channels),
                           "out_channels": int(out_channels), **hparams}
     return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.synthetic import write_dataset
+from benchmark.data.synthetic import write_dataset
 
 SHAPES = [(64, 64, 12), (48, 56, 10)]
 SEED = 3

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import benchmark.synthetic as synthetic
-from benchmark.datasets import discover, load_cases, read_case
+import benchmark.data.synthetic as synthetic
+from benchmark.data.cases import discover, load_cases, read_case
 from benchmark.errors import DataError, ParameterError, StrokelensError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_non_nifti_file(data):
 
 
 def test_gzip_garbage_is_reported(tmp_path):
-    from benchmark.nifti import read_volume
+    from benchmark.data.nifti import read_volume
 
     path = tmp_path / "x.nii.gz"
     path.write_bytes(gzip.compress(b"garbage" * 100))

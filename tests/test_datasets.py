@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark.datasets import MODALITIES, detect_layout, discover, load_cases, read_case
-from benchmark.nifti import read_volume
+from benchmark.data.cases import MODALITIES, detect_layout, discover, load_cases, read_case
+from benchmark.data.nifti import read_volume
 
 
 def test_both_layouts_give_identical_cases(isles_dir, nnunet_dir):

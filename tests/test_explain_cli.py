@@ -13,9 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import models
-from benchmark.datasets import discover, read_case
-from benchmark.preprocessing import PreprocessConfig, prepare
-from benchmark.training import TrainConfig, fit, seed_everything
+from benchmark.data.cases import discover, read_case
+from benchmark.data.preprocessing import PreprocessConfig, prepare
+from benchmark.training.loop import TrainConfig, fit, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 

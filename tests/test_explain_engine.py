@@ -7,9 +7,9 @@ from torch import nn
 
 import explain
 import models
-from benchmark.errors import ParameterError
 from explain.core import BatchNormCanonizer, canonized
-from explain.filters import RelevanceFilter, parse_filters, seed_sweep
+from explain.errors import ExplainError
+from explain.filters import RelevanceFilter, parse_filters, study_sweep
 from models.blocks import Multiply
 
 
@@ -60,7 +60,7 @@ def test_epsilon_to_zero_equals_gradient_times_input(name, x):
 
 
 @pytest.mark.parametrize("name", models.available())
-@pytest.mark.parametrize("method", ["lrp_zplus", "lrp_zplus_zbox", "seed_published", "epsilon_plus_flat"])
+@pytest.mark.parametrize("method", ["lrp_zplus", "lrp_zplus_zbox", "study_published", "epsilon_plus_flat"])
 def test_relevance_is_conserved_in_bias_free_networks(name, method, x):
     model = _bias_free(name, width=0.125)
     options = {"epsilon": 1e-12} if method == "epsilon_plus_flat" else {}  # its output layer is ε
@@ -97,14 +97,14 @@ def test_batchnorm_canonizer_keeps_outputs_and_restores_the_model(name, x):
 
 
 def test_canonizer_refuses_training_mode(x):
-    with pytest.raises(ParameterError, match="eval mode"):
+    with pytest.raises(ExplainError, match="eval mode"):
         BatchNormCanonizer().apply(models.build("unet3d", 3, width=0.0625).train(), x)
 
 
 def test_model_is_left_as_it_was_also_on_error(x):
     model = models.build("attention_unet3d", 3, width=0.0625).train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ParameterError, match="target mask has shape"):
+    with pytest.raises(ExplainError, match="target mask has shape"):
         explain.attribute(model, x, "lrp_zplus_zbox", target=np.zeros((2, 2, 2), bool))
     assert model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -144,8 +144,8 @@ def test_filters_pass_and_clamp():
     assert torch.allclose(RelevanceFilter("pass", 0.25, 1)(r), torch.tensor([[0.0, 0.0, 0.0, 0.5, -1.0, 0.3]]) * 4.0)
     assert torch.allclose(RelevanceFilter("clamp", 0, 0.4)(r), torch.tensor([[0.0, 0.02, -0.1, 0.4, -0.4, 0.3]]) * 4.0)
     assert torch.equal(RelevanceFilter("pass", 0, 0.4)(torch.zeros(2, 3)), torch.zeros(2, 3))
-    assert [f.name for f in seed_sweep()][:3] == ["raw", "pass_0_0.05", "pass_0_0.1"]
-    assert len(seed_sweep()) == 16
+    assert [f.name for f in study_sweep()][:3] == ["raw", "pass_0_0.05", "pass_0_0.1"]
+    assert len(study_sweep()) == 16
 
 
 @pytest.mark.parametrize("call,match", [
@@ -157,11 +157,11 @@ def test_filters_pass_and_clamp():
     (lambda m, x: explain.attribute(m, x, "lrp_zplus", target=(99, 0, 0)), "outside the grid"),
 ])
 def test_bad_explain_input(call, match, x):
-    with pytest.raises(ParameterError, match=match):
+    with pytest.raises(ExplainError, match=match):
         call(models.build("unet3d", 3, width=0.0625), x)
 
 
 def test_a_layer_without_rule_is_named():
     model = nn.Sequential(nn.Conv3d(3, 2, 1), nn.Tanh())
-    with pytest.raises(ParameterError, match=r"layer '1' \(Tanh\) has no rule.*add a rule for Tanh"):
+    with pytest.raises(ExplainError, match=r"layer '1' \(Tanh\) has no rule.*add a rule for Tanh"):
         explain.attribute(model, torch.rand(1, 3, 4, 4, 4), "lrp_zplus")

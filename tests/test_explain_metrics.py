@@ -7,11 +7,11 @@ from torch import nn
 
 import explain
 import models
-from benchmark.datasets import discover, read_case
-from benchmark.preprocessing import PreprocessConfig, prepare
-from benchmark.training import TrainConfig, fit, seed_everything
+from benchmark.data.cases import discover, read_case
+from benchmark.data.preprocessing import PreprocessConfig, prepare
+from benchmark.training.loop import TrainConfig, fit, seed_everything
 from explain import metrics as m
-from explain.evaluation import explain_case
+from explain.assessment import explain_case
 from explain.filters import RelevanceFilter
 
 

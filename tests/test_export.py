@@ -14,10 +14,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import models
-from benchmark.datasets import discover, read_case
-from benchmark.preprocessing import PreprocessConfig
-from benchmark.training import TrainConfig, fit, seed_everything
-from models.export import Segmenter, export_onnx
+from benchmark.data.cases import discover, read_case
+from benchmark.data.preprocessing import PreprocessConfig
+from benchmark.training.loop import TrainConfig, fit, seed_everything
+from models.onnx import Segmenter, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = PreprocessConfig(grid=(16, 16, 8))
@@ -25,7 +25,7 @@ CONFIG = PreprocessConfig(grid=(16, 16, 8))
 
 @pytest.fixture(scope="module")
 def checkpoint(isles_dir, tmp_path_factory):
-    from benchmark.preprocessing import prepare
+    from benchmark.data.preprocessing import prepare
 
     folder = tmp_path_factory.mktemp("ckpt")
     cases = [prepare(read_case(r), CONFIG) for r in discover(isles_dir, split="train")]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmark.errors import ParameterError
-from benchmark.metrics import METRIC_NAMES, hd95_assd, lesion_f1, segmentation_metrics
+from benchmark.evaluation.segmentation import METRIC_NAMES, hd95_assd, lesion_f1, segmentation_metrics
 
 
 def _mask(shape=(6, 6, 8), *boxes):

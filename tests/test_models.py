@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import models
-from benchmark.errors import ParameterError
 from models.blocks import Add, Concat, Multiply, Upsample
+from models.errors import ModelParameterError
 
 SUPPORTED = (nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d, nn.LeakyReLU, nn.ReLU, nn.MaxPool3d,
              nn.Sigmoid, nn.Identity, Concat, Add, Multiply, Upsample)
@@ -63,5 +63,5 @@ def test_lens_starts_close_to_the_plain_network():
 ])
 def test_bad_builds_are_parameter_errors(kwargs, match):
     name = kwargs.pop("name")
-    with pytest.raises(ParameterError, match=match):
+    with pytest.raises(ModelParameterError, match=match):
         models.build(name, 6, **kwargs)

@@ -28,7 +28,7 @@ def test_conv_flops_counts_forward_adjoint_and_onednn():
 
 def test_lrp_costs_its_arithmetic_floor():
     """ε: one forward and one adjoint per layer (as a gradient); z⁺ on mixed-sign inputs: one more
-    forward and one more adjoint (2× a gradient); the seed sweep: 2 adjoints per filtered pass."""
+    forward and one more adjoint (2× a gradient); the study sweep: 2 adjoints per filtered pass."""
     torch.manual_seed(0)
     model = models.build("unet3d", 6, width=0.25).eval()
     x = torch.rand(1, 6, 8, 16, 16)
@@ -44,7 +44,7 @@ def test_lrp_costs_its_arithmetic_floor():
     assert conv_flops(lambda: explain.attribute(model, x, "lrp_epsilon")) / reference == pytest.approx(1.0, abs=0.01)
     assert conv_flops(lambda: explain.attribute(model, x, "lrp_zplus")) / reference == pytest.approx(2.0, abs=0.05)
     one = conv_flops(lambda: explain.attribute(model, x, "lrp_zplus_zbox"))
-    sweep = conv_flops(lambda: explain.lrp_sweep(model, x, "lrp_zplus_zbox", explain.filters.seed_sweep()))
+    sweep = conv_flops(lambda: explain.lrp_sweep(model, x, "lrp_zplus_zbox", explain.filters.study_sweep()))
     assert sweep / one == pytest.approx((2 + 16 * 2) / 4, abs=0.3)  # 16 passes share the two forwards
 
 
@@ -58,4 +58,4 @@ def test_bench_lrp_reports_times_and_floors_for_every_method():
     assert zplus["seconds"] > 0 and zplus["conv_flop_ratio_to_gradient"] == pytest.approx(2.0, abs=0.05)
     assert zplus["arithmetic_allows_target"] is False  # 1.5× is below exact z⁺'s arithmetic on LeakyReLU inputs
     assert row["methods"]["epsilon_gamma_box"]["arithmetic_allows_target"] is True
-    assert row["seed_sweep"]["filters"] == 16 and row["seed_sweep"]["seconds"] > 0
+    assert row["study_sweep"]["filters"] == 16 and row["study_sweep"]["seconds"] > 0

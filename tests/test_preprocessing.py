@@ -3,9 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmark.datasets import discover, load_cases
-from benchmark.errors import ParameterError
-from benchmark.preprocessing import (
+from benchmark.data.cases import discover, load_cases
+from benchmark.data.preprocessing import (
     PreprocessCache,
     PreprocessConfig,
     brain_mask,
@@ -15,6 +14,7 @@ from benchmark.preprocessing import (
     resample,
     to_native,
 )
+from benchmark.errors import ParameterError
 
 
 def test_minmax_is_the_seed_normalisation():

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmark.baselines import clinical_masks, hemispheres, lateral_axis
+from benchmark.data.synthetic import write_dataset
 from benchmark.errors import DataError
-from benchmark.evaluation import perturb
-from benchmark.leaderboard import StudyRuns, architecture_table, explanation_table, floor_value
-from benchmark.report import build_report
-from benchmark.synthetic import write_dataset
+from benchmark.evaluation.clinical_rules import clinical_masks, hemispheres, lateral_axis
+from benchmark.evaluation.robustness import perturb
+from benchmark.reporting.leaderboard import StudyRuns, architecture_table, explanation_table, floor_value
+from benchmark.reporting.report import build_report
 from tracking.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,8 +95,8 @@ def test_architecture_table_ranks_by_dice_then_hd95_and_counts_trials():
                            model_run="t1"),
                    _record("e2", "evaluation", "segresnet3d", metrics={"dice_mean": 0.5, "hd95_mean": 4.0},
                            model_run="t3")]
-    baselines = [_record("b1", "baseline", "core_rcbf30", metrics={"dice_mean": 0.55, "hd95_mean": 30.0})]
-    table = architecture_table(StudyRuns("e", "s", trials=trials, evaluations=evaluations, baselines=baselines))
+    rules = [_record("b1", "clinical_rule", "core_rcbf30", metrics={"dice_mean": 0.55, "hd95_mean": 30.0})]
+    table = architecture_table(StudyRuns("e", "s", trials=trials, evaluations=evaluations, clinical_rules=rules))
     assert list(table["name"]) == ["core_rcbf30", "segresnet3d", "unet3d"]  # equal Dice: lower HD95 first
     assert list(table["rank"]) == [1, 2, 3]
     unet = table[table["name"] == "unet3d"].iloc[0]

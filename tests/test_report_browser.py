@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.synthetic import write_dataset
+from benchmark.data.synthetic import write_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-import benchmark.search as search
+import benchmark.training.search as search
 from benchmark.errors import DataError, ParameterError
-from benchmark.search import Profile, SearchSettings, run_search
+from benchmark.training.profiles import PROFILES, Profile
+from benchmark.training.search import SearchSettings, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Profile(name="tiny", trials=2, epochs=2, architectures=("unet3d", "segresnet3d"), widths=(0.0625,),
@@ -181,4 +182,4 @@ def test_a_new_study_covers_every_architecture_once_then_searches():
                {k: v for k, v in TINY.first.items() if k != "architecture"} for p in waiting)
     search._enqueue_retries_and_start(study, profile)  # an existing study is not seeded again
     assert len(study.get_trials()) == 3
-    assert search.PROFILES["default"].cover
+    assert PROFILES["default"].cover

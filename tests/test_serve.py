@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_serve_the_champion(tmp_path):
     import models
-    from benchmark.preprocessing import PreprocessConfig
-    from benchmark.training import save_checkpoint
+    from benchmark.data.preprocessing import PreprocessConfig
+    from benchmark.training.loop import save_checkpoint
 
     save_checkpoint(tmp_path / "best.pt", models.build("unet3d", 6, width=0.0625), None, 0, [])
     (tmp_path / "preprocess.json").write_text(json.dumps(PreprocessConfig(grid=(16, 16, 8)).to_dict()))

@@ -3,10 +3,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from benchmark.baselines import best_combined_rule, best_single_threshold, voxel_table
-from benchmark.datasets import MODALITIES, load_cases
+from benchmark.data.cases import MODALITIES, load_cases
+from benchmark.data.synthetic import generate_case, parse_shape, write_dataset
 from benchmark.errors import ParameterError
-from benchmark.synthetic import generate_case, parse_shape, write_dataset
+from benchmark.evaluation.clinical_rules import best_combined_rule, best_single_threshold, voxel_table
 
 
 def _digest(root):

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import models
-from benchmark.datasets import discover
+from benchmark.data.cases import discover
+from benchmark.data.preprocessing import PreprocessCache, PreprocessConfig
 from benchmark.errors import DataError, ParameterError
-from benchmark.preprocessing import PreprocessCache, PreprocessConfig
-from benchmark.training import (
+from benchmark.training.loop import (
     Augmenter,
     EarlyStopping,
     TrainConfig,

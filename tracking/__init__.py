@@ -1,1 +1,5 @@
-"""MLflow conventions in one place: experiment and run naming, logging, model registry."""
+"""MLflow conventions in one place.
+
+Experiment and run naming, logging, the model registry, reading runs back; the only package that
+imports ``mlflow``. Raises :class:`tracking.errors.TrackingError`.
+"""

@@ -31,8 +31,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from benchmark.errors import ParameterError
-from benchmark.locks import sqlite_lock
+from tracking.errors import TrackingError
+from tracking.locks import sqlite_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "strokelens"
@@ -63,7 +63,7 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the store, create it and the experiment once; returns the experiment id.
 
     Raises:
-        ParameterError: the store cannot be opened.
+        TrackingError: the store cannot be opened.
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -76,7 +76,7 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     except Exception as exc:
-        raise ParameterError(f"cannot open the MLflow store '{uri}' ({type(exc).__name__}: "
+        raise TrackingError(f"cannot open the MLflow store '{uri}' ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}): set MLFLOW_TRACKING_URI "
                              "to a reachable store, e.g. sqlite:///mlflow.db") from exc
     project_run = os.environ.get("MLFLOW_RUN_ID")
@@ -250,7 +250,7 @@ def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple
         (local checkpoint path, preprocessing settings or None, run id or None).
 
     Raises:
-        ParameterError: the reference does not resolve.
+        TrackingError: the reference does not resolve.
     """
     import mlflow.artifacts
 
@@ -258,7 +258,7 @@ def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple
     path = Path(reference)
     if reference and (path.suffix == ".pt" or path.exists()):
         if not path.is_file():
-            raise ParameterError(f"model checkpoint '{reference}' does not exist: give a .pt written by training")
+            raise TrackingError(f"model checkpoint '{reference}' does not exist: give a .pt written by training")
         sidecar = path.with_name("preprocess.json")
         return path, json.loads(sidecar.read_text()) if sidecar.is_file() else None, None
     run_id = reference
@@ -266,7 +266,7 @@ def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple
         if not reference:
             run_id = latest_best_trial_run(experiment)
             if run_id is None:
-                raise ParameterError(f"no finished search in MLflow experiment '{experiment}' ({tracking_uri()}): "
+                raise TrackingError(f"no finished search in MLflow experiment '{experiment}' ({tracking_uri()}): "
                                      "run mlflow run . -e train first or pass model=<run id | models:/… | .pt>")
         elif reference.startswith("runs:/"):
             run_id = reference[len("runs:/"):].split("/")[0]
@@ -280,15 +280,15 @@ def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple
                 run_id = client.get_model_version(name, version).run_id
         folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
                                                           tracking_uri=tracking_uri()))
-    except ParameterError:
+    except TrackingError:
         raise
     except Exception as exc:
-        raise ParameterError(f"model '{reference or run_id}' does not resolve ({type(exc).__name__}: "
+        raise TrackingError(f"model '{reference or run_id}' does not resolve ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}): give a run id with a checkpoint, "
                              "a models:/ URI or a .pt path") from exc
     checkpoint = folder / Path(CHECKPOINT_ARTIFACT).name
     if not checkpoint.is_file():
-        raise ParameterError(f"run {run_id} has no {CHECKPOINT_ARTIFACT}: give a trial run of a search")
+        raise TrackingError(f"run {run_id} has no {CHECKPOINT_ARTIFACT}: give a trial run of a search")
     preprocess = folder / Path(PREPROCESS_ARTIFACT).name
     return checkpoint, json.loads(preprocess.read_text()) if preprocess.is_file() else None, run_id
 
@@ -372,19 +372,19 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool
 
 
 def download_onnx_model(uri: str) -> tuple[Path, Path]:
-    """(model.onnx, its preprocessing JSON) of a ``models:/`` URI, or a :class:`ParameterError`."""
+    """(model.onnx, its preprocessing JSON) of a ``models:/`` URI, or a :class:`TrackingError`."""
     import mlflow.artifacts
 
     try:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri()))
     except Exception as exc:
-        raise ParameterError(f"model '{uri}' does not resolve ({type(exc).__name__}: "
+        raise TrackingError(f"model '{uri}' does not resolve ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}): export a model first "
                              "(mlflow run . -e export) or give an .onnx path") from exc
     onnx_files = sorted(folder.rglob("*.onnx"))
     sidecars = [p for p in folder.rglob("*.json") if '"strokelens-onnx/1"' in p.read_text()]
     if not onnx_files or not sidecars:
-        raise ParameterError(f"model '{uri}' holds no ONNX file with its preprocessing JSON: export it with "
+        raise TrackingError(f"model '{uri}' holds no ONNX file with its preprocessing JSON: export it with "
                              "mlproject.export")
     return onnx_files[0], sidecars[0]
 
@@ -413,9 +413,10 @@ def evaluation_run(study: str, architecture: str, model_run: str, params: dict) 
 
 
 @contextlib.contextmanager
-def baseline_run(study: str, rule: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+def clinical_rule_run(study: str, rule: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """A nested run with the leaderboard figures of one clinical threshold rule."""
-    with _nested_run("baseline", f"baseline-{rule}", params, {TAG_STUDY: study, TAG_ARCHITECTURE: rule}) as run:
+    tags = {TAG_STUDY: study, TAG_ARCHITECTURE: rule}
+    with _nested_run("clinical_rule", f"clinical-rule-{rule}", params, tags) as run:
         yield run
 
 

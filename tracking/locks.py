@@ -2,15 +2,17 @@
 
 Creating a database's tables is not safe to do concurrently (MLflow's and Optuna's first
 migrations both fail with integrity errors), so whoever creates or opens a store takes
-``<db>.lock`` first. Other URLs (PostgreSQL, HTTP) need no lock.
+``<db>.lock`` first (``filelock``, which also works where ``fcntl`` does not). Other URLs
+(PostgreSQL, HTTP) need no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock
 
 
 @contextlib.contextmanager
@@ -21,9 +23,5 @@ def sqlite_lock(url: str) -> Iterator[None]:
         return
     db = Path(url[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(db.with_name(db.name + ".lock")):
+        yield

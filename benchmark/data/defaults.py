@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.synthetic import write_dataset
+from benchmark.data.synthetic import write_dataset
 
 DEFAULT_DATA = Path("data") / "synthetic"
 """Relative to the working directory (the project root under ``make run``/``mlflow run``)."""

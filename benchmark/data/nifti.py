@@ -14,7 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from benchmark.errors import DataError, atomic_file
+from benchmark.atomic import atomic_file
+from benchmark.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from benchmark.errors import DataError, ParameterError
-from benchmark.nifti import read_volume, to_dhw
+from benchmark.data.nifti import read_volume, to_dhw
 
 MODALITIES: tuple[str, ...] = ("ADC", "MTT", "rCBF", "rCBV", "Tmax", "TTP")
 """The six ISLES 2017 maps used as model inputs, in the project's default channel order."""

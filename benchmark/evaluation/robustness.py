@@ -1,7 +1,7 @@
 """What the architecture leaderboard shows of a model or rule, on the validation cases.
 
-Per case, on the native grid: the segmentation metrics of :mod:`benchmark.metrics`, the true
-lesion volume in ml, and the Dice under two input perturbations (the seed's robustness test):
+Per case, on the native grid: the segmentation metrics of :mod:`benchmark.evaluation.segmentation`, the true
+lesion volume in ml, and the Dice under two input perturbations (the study's robustness test):
 
 * ``dice_noise``: Gaussian noise of σ = 0.15 added to every input value. For networks the noise
   is in the model's input units (with the default min–max normalisation, 0.15 of each map's
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.baselines import clinical_masks
-from benchmark.datasets import Case
+from benchmark.data.cases import Case
+from benchmark.data.preprocessing import PreparedCase, to_native
 from benchmark.errors import DataError
-from benchmark.metrics import dice, segmentation_metrics
-from benchmark.preprocessing import PreparedCase, to_native
-from benchmark.training import predict_probability
+from benchmark.evaluation.clinical_rules import clinical_masks
+from benchmark.evaluation.inference import predict_probability
+from benchmark.evaluation.segmentation import dice, segmentation_metrics
 
 NOISE_SIGMA = 0.15
 ZERO_FRACTION = 0.5
@@ -71,7 +71,7 @@ def evaluate_model(model: nn.Module, cases: Sequence[PreparedCase], seed: int = 
     """Per validation case: metrics, lesion volume (ml) and Dice under each perturbation.
 
     Returns:
-        One dict per case: ``case``, ``lesion_ml``, the :data:`benchmark.metrics.METRIC_NAMES`,
+        One dict per case: ``case``, ``lesion_ml``, the :data:`benchmark.evaluation.segmentation.METRIC_NAMES`,
         ``dice_noise`` and ``dice_zero_half``.
     """
     device = torch.device("cpu")
@@ -95,7 +95,9 @@ def evaluate_model(model: nn.Module, cases: Sequence[PreparedCase], seed: int = 
 
 
 def evaluate_rules(cases: Sequence[Case], seed: int = 0) -> dict[str, list[dict]]:
-    """The clinical rules (:func:`benchmark.baselines.clinical_masks`) on raw cases, like :func:`evaluate_model`.
+    """The clinical rules (:func:`~benchmark.evaluation.clinical_rules.clinical_masks`) on raw cases.
+
+    Like :func:`evaluate_model`.
 
     Returns:
         {rule: per-case rows}.
@@ -155,7 +157,7 @@ def latency(model: nn.Module, preprocess: dict, repeats: int = 5) -> dict[str, f
     Returns:
         ``latency_torch_s``, ``latency_onnx_s`` and ``onnx_provider`` (the provider actually used).
     """
-    from models.export import Segmenter, export_onnx
+    from models.onnx import Segmenter, export_onnx
 
     model = model.cpu().eval()
     grid = tuple(preprocess["grid"][::-1])  # (X, Y, Z) → (D, H, W)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmark.datasets import Case
+from benchmark.data.cases import Case
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,16 +29,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.errors import DataError, StrokelensError, atomic_file
+from models.errors import ExportError, ModelFileError
 
 CHECK_GRIDS: tuple[tuple[int, int, int], ...] = ((19, 48, 48), (25, 64, 48), (7, 20, 18))
-"""(D, H, W) grids the export is verified on: the seed's, a larger one, an odd small one."""
+"""(D, H, W) grids the export is verified on: the study's, a larger one, an odd small one."""
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class ExportError(StrokelensError):
-    """The exported model does not reproduce PyTorch, or the export itself failed."""
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` (same extension), renamed onto it only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+        os.chmod(name, 0o644)
+        os.replace(name, target)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -64,7 +78,7 @@ def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHEC
     Args:
         model: a registry model (its ``build_config`` goes into the sidecar).
         path: target ``.onnx`` file.
-        preprocess: :meth:`benchmark.preprocessing.PreprocessConfig.to_dict` of the model.
+        preprocess: :meth:`benchmark.data.preprocessing.PreprocessConfig.to_dict` of the model.
         grids: (D, H, W) grids to compare on (batch 1 and 2 alternate).
         atol: the largest accepted absolute difference of the logits.
         seed: for the random check inputs.
@@ -115,15 +129,15 @@ def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHEC
 
 
 def read_sidecar(onnx_path: str | Path, side: str | Path | None = None) -> dict:
-    """The JSON beside an ONNX file (or at ``side``), or a :class:`DataError` saying it is missing."""
+    """The JSON beside an ONNX file (or at ``side``), or a :class:`ModelFileError` saying it is missing."""
     side = Path(side) if side is not None else sidecar_path(onnx_path)
     if not side.is_file():
-        raise DataError(f"'{onnx_path}' has no preprocessing JSON ('{side.name}' beside it): export the model "
+        raise ModelFileError(f"'{onnx_path}' has no preprocessing JSON ('{side.name}' beside it): export the model "
                         "with mlproject.export, which writes both")
     try:
         return json.loads(side.read_text())
     except ValueError as exc:
-        raise DataError(f"'{side}' is not valid JSON: export the model again") from exc
+        raise ModelFileError(f"'{side}' is not valid JSON: export the model again") from exc
 
 
 class Segmenter:
@@ -143,7 +157,7 @@ class Segmenter:
 
         self.path = Path(onnx_path)
         if not self.path.is_file():
-            raise DataError(f"ONNX model '{self.path}' does not exist: export one with mlproject.export")
+            raise ModelFileError(f"ONNX model '{self.path}' does not exist: export one with mlproject.export")
         self.meta = read_sidecar(self.path, sidecar)
         available = ort.get_available_providers()
         if providers == "auto":  # onnxruntime-gpu lists GPU providers without a GPU; ask for them only with one
@@ -158,7 +172,7 @@ class Segmenter:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
         except Exception as exc:
-            raise DataError(f"cannot load ONNX model '{self.path}' ({type(exc).__name__}): the file is corrupt "
+            raise ModelFileError(f"cannot load ONNX model '{self.path}' ({type(exc).__name__}): the file is corrupt "
                             "or not an ONNX model; export it again") from exc
         self.provider = self.session.get_providers()[0]
 

@@ -6,7 +6,7 @@ calls :func:`fit` with an ``on_epoch`` callback that reports to Optuna and MLflo
 
 Losses (``p`` = lesion probability, ``t`` = lesion fraction of the voxel, sums over the batch):
 
-* ``dice`` (the seed's soft Dice, smooth s = 1): ``1 − (2 Σ p t + s) / (Σ p + Σ t + s)``.
+* ``dice`` (the study's soft Dice, smooth s = 1): ``1 − (2 Σ p t + s) / (Σ p + Σ t + s)``.
 * ``dice_ce``: ``dice + CE`` with CE the voxel-mean cross-entropy of the two-class logits
   against the target fraction.
 """
@@ -25,16 +25,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.errors import DataError, ParameterError, atomic_file
-from benchmark.metrics import METRIC_NAMES, segmentation_metrics
-from benchmark.preprocessing import PreparedCase, to_native
+from benchmark.atomic import atomic_file
+from benchmark.data.preprocessing import PreparedCase, to_native
+from benchmark.errors import DataError, ParameterError
+from benchmark.evaluation.inference import predict_probability
+from benchmark.evaluation.segmentation import METRIC_NAMES, segmentation_metrics
 
 LOSSES: tuple[str, ...] = ("dice", "dice_ce")
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (the seed's Adam defaults).
+    """Settings of one training run (the study's Adam defaults).
 
     Attributes:
         epochs: maximum epochs.
@@ -98,7 +100,7 @@ def seed_everything(seed: int) -> None:
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """The seed's soft Dice loss on the lesion channel, ``1 − (2Σpt + s)/(Σp + Σt + s)``."""
+    """The study's soft Dice loss on the lesion channel, ``1 − (2Σpt + s)/(Σp + Σt + s)``."""
     p = torch.softmax(logits.float(), dim=1)[:, 1]
     return 1.0 - (2.0 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
 
@@ -194,15 +196,6 @@ def train_epoch(model: nn.Module, cases: Sequence[PreparedCase], optimizer: torc
 
 
 @torch.no_grad()
-def predict_probability(model: nn.Module, image: torch.Tensor, device: torch.device,
-                        amp: bool = False) -> torch.Tensor:
-    """Lesion probability (N, D, H, W) of a batch at the training grid, on the CPU."""
-    model.eval()
-    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-        logits = model(image.to(device))
-    return torch.softmax(logits.float(), dim=1)[:, 1].cpu()
-
-
 def validate(model: nn.Module, cases: Sequence[PreparedCase], device: torch.device,
              threshold: float = 0.5, amp: bool = False) -> tuple[dict[str, float], list[dict]]:
     """Segmentation metrics on each case's native grid.

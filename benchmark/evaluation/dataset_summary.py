@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.baselines import best_combined_rule, best_single_threshold, voxel_table
-from benchmark.datasets import discover, read_case
+from benchmark.data.cases import discover, read_case
+from benchmark.evaluation.clinical_rules import best_combined_rule, best_single_threshold, voxel_table
 
 
-def summarize_dataset(root: str | Path, with_baselines: bool = True) -> tuple[pd.DataFrame, list[str]]:
+def summarize_dataset(root: str | Path, with_rules: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Per-case table and the text lines to print for a data folder.
 
     Returns:
@@ -39,7 +39,7 @@ def summarize_dataset(root: str | Path, with_baselines: bool = True) -> tuple[pd
         vol = labelled["lesion_ml"].to_numpy(float)
         lines.append(f"lesion volume: median {np.median(vol):.1f} ml, "
                      f"range {vol.min():.1f}–{vol.max():.1f} ml")
-    if with_baselines and len(labelled):
+    if with_rules and len(labelled):
         values, label = voxel_table(cases)
         singles = [best_single_threshold(values[m], label, m) for m in values]
         best = max(singles, key=lambda s: s.dice)

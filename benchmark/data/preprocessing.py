@@ -2,7 +2,7 @@
 
 Normalisations, per modality channel ``x`` of a case:
 
-* ``minmax`` (the seed's): ``(x − min x) / (max x − min x)`` over the whole volume, in [0, 1];
+* ``minmax`` (the study's): ``(x − min x) / (max x − min x)`` over the whole volume, in [0, 1];
   a constant channel becomes 0.
 * ``robust``: inside the brain mask ``M`` (voxels where any modality is non-zero; the maps are
   skull-stripped), clip ``x`` to its [0.5, 99.5] percentiles over ``M``, then
@@ -11,7 +11,7 @@ Normalisations, per modality channel ``x`` of a case:
 Resampling averages over each target voxel's footprint where the grid shrinks and interpolates
 trilinearly (``align_corners=False``: both grids span the same field of view) where it grows;
 labels are resampled as fractions and thresholded at 0.5 where a mask is needed.
-Training grids are written as in the seed, X×Y×Z (``48x48x19``); arrays are (D, H, W) = (Z, Y, X).
+Training grids are written as in the study, X×Y×Z (``48x48x19``); arrays are (D, H, W) = (Z, Y, X).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.datasets import MODALITIES, Case, CaseRef, check_modalities, read_case
-from benchmark.errors import ParameterError, atomic_file
+from benchmark.data.cases import MODALITIES, Case, CaseRef, check_modalities, read_case
+from benchmark.atomic import atomic_file
+from benchmark.errors import ParameterError
 
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "robust")
 

@@ -8,10 +8,10 @@
 * ``architectures.csv``, ``explanations.csv``, ``architecture_cases.csv``,
   ``explanation_cases.csv``: the tables with full precision and run ids;
 * ``figures/*.png``: Dice by lesion volume, a heatmap per key explanation metric over method ×
-  filter, the seed's filter-sweep curves, per-modality heatmaps of the unfiltered methods, and
+  filter, the study's filter-sweep curves, per-modality heatmaps of the unfiltered methods, and
   relevance overlays of the best and worst case.
 
-The ranking rules are those of :mod:`benchmark.leaderboard`; the report states them itself.
+The ranking rules are those of :mod:`benchmark.reporting.leaderboard`; the report states them itself.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.errors import DataError, atomic_directory, atomic_file  # noqa: E402
-from benchmark.evaluation import NOISE_SIGMA, ZERO_FRACTION  # noqa: E402
-from benchmark.leaderboard import (  # noqa: E402
+from benchmark.atomic import atomic_directory, atomic_file  # noqa: E402
+from benchmark.errors import DataError  # noqa: E402
+from benchmark.evaluation.robustness import NOISE_SIGMA, ZERO_FRACTION  # noqa: E402
+from benchmark.reporting.leaderboard import (  # noqa: E402
     FLOOR_METHOD,
     StudyRuns,
     architecture_table,
@@ -45,7 +46,7 @@ from benchmark.leaderboard import (  # noqa: E402
     key_metrics,
     modality_table,
 )
-from explain.filters import SEED_CLAMP, SEED_PASS  # noqa: E402
+from explain.filters import STUDY_CLAMP, STUDY_PASS  # noqa: E402
 from tracking.records import Store  # noqa: E402
 from tracking.runs import tracking_uri  # noqa: E402
 
@@ -132,7 +133,7 @@ def _write_tables(folder: Path, runs: StudyRuns, architectures: pd.DataFrame, ex
             table.to_csv(folder / name, index=False)
             paths.append(folder / name)
     case_tables = [runs.cases[r.run_id].assign(name=r.architecture, kind=r.kind, run_id=r.run_id)
-                   for r in runs.evaluations + runs.baselines if r.run_id in runs.cases]
+                   for r in runs.evaluations + runs.clinical_rules if r.run_id in runs.cases]
     if case_tables:
         pd.concat(case_tables, ignore_index=True).to_csv(folder / "architecture_cases.csv", index=False)
         paths.append(folder / "architecture_cases.csv")
@@ -158,7 +159,7 @@ def _architecture_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) ->
 
     frames = [runs.cases[r.run_id].assign(name=r.architecture, kind="network" if r.kind == "evaluation" else
                                           "clinical rule")
-              for r in runs.evaluations + runs.baselines if r.run_id in runs.cases]
+              for r in runs.evaluations + runs.clinical_rules if r.run_id in runs.cases]
     if not frames:
         return []
     cases = pd.concat(frames, ignore_index=True)
@@ -174,13 +175,13 @@ def _architecture_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) ->
     ax.set_title(f"Dice by lesion volume: {cases['case'].nunique()} validation cases")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     path = _save(fig, folder / "dice_by_volume.png")
-    return [Figure(path, "Dice of each validation case against its true lesion volume (the seed's dice-by-size "
+    return [Figure(path, "Dice of each validation case against its true lesion volume (the study's dice-by-size "
                          "view): small lesions are where models and rules fail first.")]
 
 
 def _filter_order(filters) -> list[str]:
-    """Raw first, then layer-wise pass and clamp, then post-hoc, each in the seed's interval order."""
-    seed = [f"pass_{a:g}_{b:g}" for a, b in SEED_PASS] + [f"clamp_{a:g}_{b:g}" for a, b in SEED_CLAMP]
+    """Raw first, then layer-wise pass and clamp, then post-hoc, each in the study's interval order."""
+    seed = [f"pass_{a:g}_{b:g}" for a, b in STUDY_PASS] + [f"clamp_{a:g}_{b:g}" for a, b in STUDY_CLAMP]
     known = ["raw", *seed, *(f"post_{s}" for s in seed)]
     present = list(dict.fromkeys(filters))
     return [f for f in known if f in present] + sorted(f for f in present if f not in known)
@@ -218,7 +219,7 @@ def _explanation_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, sto
 
 
 def _modality_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> list[Figure]:
-    """Per unfiltered method and modality: the seed's bLRPtoOT and, on synthetic data, evidence mass accuracy."""
+    """Per unfiltered method and modality: the study's bLRPtoOT and, on synthetic data, evidence mass accuracy."""
     import seaborn as sns
 
     methods = list(dict.fromkeys(table["method"]))
@@ -244,9 +245,9 @@ def _modality_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> lis
 
 
 def _sweep_figure(table: pd.DataFrame, folder: Path, metric: str) -> Figure | None:
-    """The seed's view: a metric against the filter interval, one line per method."""
+    """The study's view: a metric against the filter interval, one line per method."""
     panels = [(kind, mode) for mode in ("layer", "post") for kind in ("pass", "clamp")]
-    intervals = {"pass": [f"{a:g}_{b:g}" for a, b in SEED_PASS], "clamp": [f"{a:g}_{b:g}" for a, b in SEED_CLAMP]}
+    intervals = {"pass": [f"{a:g}_{b:g}" for a, b in STUDY_PASS], "clamp": [f"{a:g}_{b:g}" for a, b in STUDY_CLAMP]}
     names = set(table["filter"])
     present = [(k, m) for k, m in panels
                if any(("" if m == "layer" else "post_") + f"{k}_{i}" in names for i in intervals[k])]
@@ -279,7 +280,7 @@ def _sweep_figure(table: pd.DataFrame, folder: Path, metric: str) -> Figure | No
                 names.append(n)
     fig.legend(handles, names, fontsize=7, loc="center right")
     path = _save(fig, folder / f"filter_sweep_{metric}.png", rect=(0, 0, 0.84, 1))
-    return Figure(path, f"The seed's filter sweep: {HEADERS.get(metric, metric)} against the filter interval, one "
+    return Figure(path, f"The study's filter sweep: {HEADERS.get(metric, metric)} against the filter interval, one "
                         "line per method; the dashed line is the random floor.")
 
 

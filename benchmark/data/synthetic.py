@@ -1,7 +1,7 @@
 """Synthetic ISLES-2017-like cases: a brain phantom, six perfusion/diffusion maps, a lesion.
 
 The generator writes real NIfTI files in the ISLES 2017 or nnU-Net raw layout (see
-:mod:`benchmark.datasets`), deterministic for a seed: case ``i`` is drawn from
+:mod:`benchmark.data.cases`), deterministic for a seed: case ``i`` is drawn from
 ``numpy.random.default_rng([seed, i])`` alone, so files are byte-identical between runs and
 do not depend on how many cases are written.
 
@@ -49,9 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.datasets import MODALITIES
-from benchmark.errors import ParameterError, atomic_directory
-from benchmark.nifti import write_volume
+from benchmark.data.cases import MODALITIES
+from benchmark.atomic import atomic_directory
+from benchmark.errors import ParameterError
+from benchmark.data.nifti import write_volume
 
 LAYOUTS: tuple[str, ...] = ("isles2017", "nnunet")
 

@@ -5,7 +5,7 @@ Architectures (and the clinical threshold rules beside them) are ranked by valid
 
 Explanations (method × filter) are ranked by their mean rank over the key metrics
 :func:`key_metrics` (evidence mass accuracy when the data has ground-truth evidence, relevance
-mass accuracy, relevance rank accuracy, the seed's lesion coverage bLRPtoOT; rank 1 is best, tied
+mass accuracy, relevance rank accuracy, the study's lesion coverage bLRPtoOT; rank 1 is best, tied
 values share their average rank); ties go to the higher primary metric (the first key), then to
 the faster method. The ``random`` method's unfiltered primary metric is the floor: a row at or
 below it explains no better than chance.
@@ -38,8 +38,8 @@ class StudyRuns:
     Attributes:
         searches: the study's search runs, newest first.
         trials: its trial runs.
-        evaluations, baselines: the nested runs of the newest ``evaluate`` run.
-        cases: per-case tables of evaluation, baseline and explain runs, by run id.
+        evaluations, clinical_rules: the nested runs of the newest ``evaluate`` run.
+        cases: per-case tables of evaluation, clinical-rule and explain runs, by run id.
         explain: the explain runs whose explanations are shown (newest first, one model).
         explanations: one run per method × filter (the newest).
         missing: plain sentences saying what is missing and why.
@@ -50,7 +50,7 @@ class StudyRuns:
     searches: list[RunRecord] = field(default_factory=list)
     trials: list[RunRecord] = field(default_factory=list)
     evaluations: list[RunRecord] = field(default_factory=list)
-    baselines: list[RunRecord] = field(default_factory=list)
+    clinical_rules: list[RunRecord] = field(default_factory=list)
     cases: dict[str, pd.DataFrame] = field(default_factory=dict)
     explain: list[RunRecord] = field(default_factory=list)
     explanations: list[RunRecord] = field(default_factory=list)
@@ -88,8 +88,8 @@ def collect(store: Store, study: str, workdir: Path) -> StudyRuns:
     evaluate = [r for r in store.runs("evaluate", study) if r.status == "FINISHED"]
     if evaluate:
         runs.evaluations = store.children(evaluate[0], "evaluation")
-        runs.baselines = store.children(evaluate[0], "baseline")
-        for r in runs.evaluations + runs.baselines:
+        runs.clinical_rules = store.children(evaluate[0], "clinical_rule")
+        for r in runs.evaluations + runs.clinical_rules:
             table = store.cases_table(r.run_id, workdir)
             if table is not None:
                 runs.cases[r.run_id] = table
@@ -162,9 +162,9 @@ def architecture_table(runs: StudyRuns) -> pd.DataFrame:
             row.update({f"{k}_mean": at_best.get(f"val_{k}", at_best.get(k, math.nan)) for k in ARCHITECTURE_METRICS},
                        source="trial (best epoch)", run_id=trial.run_id)
         rows.append(row)
-    for baseline in runs.baselines:
-        rows.append({"name": baseline.architecture, "kind": "clinical rule", **_means(baseline), "source": "evaluation",
-                     "run_id": baseline.run_id})
+    for rule in runs.clinical_rules:
+        rows.append({"name": rule.architecture, "kind": "clinical rule", **_means(rule), "source": "evaluation",
+                     "run_id": rule.run_id})
     columns = ["name", "kind", *[f"{k}_{s}" for k in ARCHITECTURE_METRICS for s in ("mean", "sd")], "params",
                "train_s", "latency_torch_s", "latency_onnx_s", "trials", "pruned", "failed", "source", "run_id",
                "trial_run"]

@@ -1,0 +1,118 @@
+"""Search profiles: the budget, the space searched and the training grid, chosen by name.
+
+``default`` fits a 2-core CPU in minutes; ``gpu`` is what ``default`` becomes on CUDA; ``paper``
+trains the study's network with the study's settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.errors import ParameterError
+from models.registry import available
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A search set-up: budget, the space searched, and the training grid.
+
+    Attributes:
+        name: the profile's name.
+        trials: trials per invocation.
+        epochs: maximum epochs per trial.
+        architectures: families searched.
+        widths: width multipliers searched.
+        grid: training grid (X, Y, Z).
+        lr: (low, high) log-uniform learning-rate range.
+        weight_decay: (low, high) log-uniform range.
+        losses: losses searched.
+        augment: (low, high) augmentation strength range.
+        batch_size: volumes per step.
+        patience: early-stopping patience in epochs.
+        warmup: epochs before the pruner may stop a trial.
+        fixed: when set, every trial uses exactly these hyper-parameters (no search).
+        first: hyper-parameters of the first trial of a new study (a known-good start).
+        time_budget: seconds after which no new trial or epoch starts (None: no limit).
+        cover: a new study follows ``first`` with one trial per other architecture (``first``'s
+            hyper-parameters, that family), so every family reaches the leaderboard.
+    """
+
+    name: str
+    trials: int
+    epochs: int
+    architectures: tuple[str, ...]
+    widths: tuple[float, ...]
+    grid: tuple[int, int, int] = (48, 48, 19)
+    lr: tuple[float, float] = (5e-4, 5e-3)
+    weight_decay: tuple[float, float] = (1e-6, 1e-4)
+    losses: tuple[str, ...] = ("dice", "dice_ce")
+    augment: tuple[float, float] = (0.0, 0.8)
+    batch_size: int = 2
+    patience: int = 8
+    warmup: int = 4
+    fixed: dict | None = None
+    first: dict | None = None
+    time_budget: float | None = None
+    cover: bool = False
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(
+        name="default", trials=6, epochs=40, architectures=tuple(available()), widths=(0.125, 0.25),
+        patience=10, warmup=6, time_budget=500.0, cover=True,
+        first={"architecture": "unet3d", "width": 0.25, "lr": 3e-3, "weight_decay": 1e-5,
+               "loss": "dice_ce", "augment": 0.5}),
+    "gpu": Profile(
+        name="gpu", trials=20, epochs=150, architectures=tuple(available()), widths=(0.5, 1.0),
+        lr=(1e-4, 3e-3), batch_size=4, patience=25, warmup=15, cover=True,
+        first={"architecture": "unet3d", "width": 1.0, "lr": 1e-3, "weight_decay": 1e-5,
+               "loss": "dice_ce", "augment": 0.5}),
+    "paper": Profile(
+        name="paper", trials=1, epochs=100, architectures=("unet3d",), widths=(1.0,), batch_size=2,
+        patience=0, warmup=10**6,
+        fixed={"architecture": "unet3d", "width": 1.0, "lr": 2e-4, "weight_decay": 1e-5,
+               "loss": "dice", "augment": 0.0}),
+}
+
+
+def resolve_profile(name: str, device: torch.device) -> Profile:
+    """The profile called ``name``; ``default`` becomes ``gpu`` when training on CUDA."""
+    if name not in PROFILES:
+        raise ParameterError(f"profile '{name}' is unknown: choose one of {', '.join(PROFILES)}")
+    if name == "default" and device.type == "cuda":
+        return PROFILES["gpu"]
+    return PROFILES[name]
+
+
+def restrict(profile: Profile, architectures: list[str], widths: list[str]) -> Profile:
+    """The profile with its search space narrowed to the given architectures and widths.
+
+    Raises:
+        ParameterError: an unknown architecture or a width that is not a positive number.
+    """
+    changes: dict = {}
+    if architectures:
+        unknown = [a for a in architectures if a not in available()]
+        if unknown:
+            raise ParameterError(f"architecture '{unknown[0]}' is unknown: choose from {', '.join(available())}")
+        changes["architectures"] = tuple(architectures)
+    if widths:
+        try:
+            values = tuple(float(w) for w in widths)
+        except ValueError:
+            values = (0.0,)
+        if min(values) <= 0:
+            raise ParameterError(f"widths {','.join(widths)} must be positive numbers such as 0.25")
+        changes["widths"] = values
+    if not changes:
+        return profile
+    first = profile.first
+    if first is not None and (first["architecture"] not in changes.get("architectures", (first["architecture"],))
+                              or first["width"] not in changes.get("widths", (first["width"],))):
+        first = None
+    if profile.fixed is not None:
+        raise ParameterError(f"profile '{profile.name}' fixes its architecture: drop --architectures/--widths")
+    return dataclasses.replace(profile, first=first, **changes)
