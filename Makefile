@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-lock
 
-.PHONY: run test test-slow lint clean
+.PHONY: run test test-slow lint server clean
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "strokelens needs Python 3.10 or newer")'
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+server: $(STAMP)
+	$(PY) -m mlproject.server
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -82,3 +82,52 @@ def test_headless_chromium_renders_a_page(tmp_path):
     found = re.search(r'<pre id="probe">(.*?)</pre>', shown.stdout, re.S)
     assert found, shown.stderr[-2000:]
     assert json.loads(found.group(1)) == {"rows": 1}
+
+
+def test_team_server_command_serves_until_sigterm():
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from tracking.services import free_port
+
+    if shutil.which("runuser") is None and os.geteuid() == 0 or not _postgres_available():
+        pytest.skip("no PostgreSQL here (apt-get install postgresql)")
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    tmp_path = Path(tempfile.mkdtemp(prefix="strokelens-team-"))  # as root, postgres must enter it
+    tmp_path.chmod(0o755)
+    server = subprocess.Popen([sys.executable, "-m", "mlproject.server", "--folder", str(tmp_path / "team"),
+                               "--port", str(port)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while not any("serving until" in line for line in lines) and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            assert line or server.poll() is None, server.stderr.read()[-2000:]
+            lines.append(line)
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in "".join(lines)
+        storage = next(line.split("--storage ")[1].split()[0] for line in lines if "--storage" in line)
+        assert storage.startswith("postgresql://") and storage.endswith("/optuna")
+        assert MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    assert code == 0
+    assert (tmp_path / "team" / "postgres" / "data" / "PG_VERSION").is_file()  # the cluster is kept for next time
+    assert not (tmp_path / "team" / "postgres" / "data" / "postmaster.pid").exists()  # and it was stopped
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _postgres_available() -> bool:
+    from tracking.services import postgres_binary
+
+    try:
+        postgres_binary("initdb")
+        return True
+    except TrackingError:
+        return False

@@ -113,7 +113,11 @@ class LocalPostgres:
                                              "--auth=trust", "-E", "UTF8", "--no-instructions"]),
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                raise TrackingError(f"initdb failed in '{data}': {done.stderr.strip().splitlines()[-1:]}")
+                hint = ("; as root the cluster runs as the postgres user, which must be able to enter every "
+                        "parent folder: choose a --folder under a world-readable path"
+                        if "Permission denied" in done.stderr else "")
+                raise TrackingError(f"initdb failed in '{data}': {' '.join(done.stderr.strip().splitlines()[-1:])}"
+                                    f"{hint}")
         options = f"-p {self.port} -c listen_addresses={self.host} -k {self.folder}"
         done = subprocess.run(_as_owner([postgres_binary("pg_ctl"), "-D", str(data), "-o", options, "-l",
                                          str(self.folder / "postgres.log"), "-w", "-t", str(int(START_TIMEOUT)),
@@ -168,13 +172,15 @@ class TrackingServer:
             the server (``mlflow-artifacts:/``), so they need no shared disk.
         host: where to listen (127.0.0.1 unless told otherwise; expose it only behind authentication).
         port: None picks a free port.
-        workers: gunicorn/uvicorn workers of the server.
+        workers: uvicorn workers of the server.
+        app_name: an MLflow server app, e.g. ``basic-auth`` for MLflow's username/password app.
     """
 
     def __init__(self, backend: str, artifacts: str | Path, host: str = "127.0.0.1", port: int | None = None,
-                 workers: int = 1):
+                 workers: int = 1, app_name: str = ""):
         self.backend, self.artifacts = backend, Path(artifacts)
         self.host, self.port, self.workers = host, port or free_port(host), workers
+        self.app_name = app_name
         self.process: subprocess.Popen | None = None
         self.log = self.artifacts.parent / f"mlflow-server-{self.port}.log"
 
@@ -196,7 +202,8 @@ class TrackingServer:
         mlflow = Path(sys.executable).with_name("mlflow")
         command = [str(mlflow) if mlflow.exists() else "mlflow", "server", "--backend-store-uri", self.backend,
                    "--artifacts-destination", str(self.artifacts.resolve()), "--serve-artifacts",
-                   "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
+                   "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
+                   *(["--app-name", self.app_name] if self.app_name else [])]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
