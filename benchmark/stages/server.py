@@ -45,8 +45,9 @@ def team_server(folder: Path = DEFAULT_FOLDER, mlflow_db: str = "", optuna_db: s
 
     Args:
         folder: holds ``postgres/`` (a local cluster, kept between starts) and ``artifacts/``.
-        mlflow_db, optuna_db: URLs of databases on an existing PostgreSQL server; both empty starts
-            a local cluster instead. Give both or neither.
+        mlflow_db: URL of MLflow's database on an existing PostgreSQL server; empty (with
+            ``optuna_db`` empty) starts a local cluster instead. Give both or neither.
+        optuna_db: URL of Optuna's database on the same server.
         host: where the MLflow server listens (127.0.0.1 unless the team reaches it from other hosts;
             then use ``basic_auth`` or a reverse proxy with authentication).
         port: the MLflow server's port.
