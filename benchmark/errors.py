@@ -24,6 +24,26 @@ class ParameterError(StrokelensError, ValueError):
     """A parameter given by the user is out of range or unknown."""
 
 
+class CaseError(DataError):
+    """One case of a data set cannot be used; the rest may be.
+
+    Attributes:
+        case_id: the case.
+        labelled: whether the case has ground truth (a broken unlabelled case does not stop training).
+    """
+
+    def __init__(self, case_id: str, message: str, labelled: bool = True):
+        super().__init__(message)
+        self.case_id, self.labelled = case_id, labelled
+
+
+class DataWarning(UserWarning):
+    """Data that loads but looks wrong (an all-zero modality, no lesion anywhere, a stray file).
+
+    The command line prints each as one ``warning:`` line and goes on.
+    """
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (StrokelensError, ModelError, ExplainError, TrackingError)
 """What a user can cause and fix: the command line prints one line and exits 2 for each."""
 

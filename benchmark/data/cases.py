@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from benchmark.errors import DataError, ParameterError
 from benchmark.data.nifti import read_volume, to_dhw
+from benchmark.errors import CaseError, DataError, DataWarning, ParameterError
 
 MODALITIES: tuple[str, ...] = ("ADC", "MTT", "rCBF", "rCBV", "Tmax", "TTP")
 """The six ISLES 2017 maps used as model inputs, in the project's default channel order."""
@@ -128,6 +129,7 @@ def discover(
     *,
     split: str = "all",
     with_evidence: bool = False,
+    problems: list[CaseError] | None = None,
 ) -> list[CaseRef]:
     """Find the cases of a data folder in either layout.
 
@@ -136,25 +138,34 @@ def discover(
         modalities: channels to load, in this order.
         split: ``train`` (cases with ground truth), ``test`` (without) or ``all``.
         with_evidence: attach the synthetic evidence sidecar when present.
+        problems: when given, a case that cannot be used (a missing or duplicated file) is appended
+            here as a :class:`CaseError` naming the case and the file, and the others are returned;
+            when None the first such case raises. A broken case outside ``split`` never counts.
 
     Returns:
         Case references sorted by case number.
 
     Raises:
-        DataError: the folder is missing, of no known layout, holds no case of ``split``, or a
-            case lacks a modality.
+        DataError: the folder is missing, of no known layout, holds no case of ``split``, or (without
+            ``problems``) a case of ``split`` lacks a modality.
         ParameterError: an unknown modality or split.
     """
     if split not in ("train", "test", "all"):
         raise ParameterError(f"split '{split}' is unknown: choose train, test or all")
     layout = detect_layout(root)
     finder = _discover_isles if layout == "isles2017" else _discover_nnunet
-    refs = finder(Path(root), tuple(modalities), with_evidence)
-    if split == "train":
-        refs = [r for r in refs if r.label is not None]
-    elif split == "test":
-        refs = [r for r in refs if r.label is None]
-    if not refs:
+    found = finder(Path(root), tuple(modalities), with_evidence)
+
+    def wanted(labelled: bool) -> bool:
+        return split == "all" or (split == "train") == labelled
+
+    broken = [f for f in found if isinstance(f, CaseError) and wanted(f.labelled)]
+    if broken and problems is None:
+        raise broken[0]
+    if problems is not None:
+        problems.extend(broken)
+    refs = [f for f in found if isinstance(f, CaseRef) and wanted(f.label is not None)]
+    if not refs and not broken:
         raise DataError(f"'{root}' holds no {'' if split == 'all' else split + ' '}case: "
                         "check the folder or generate synthetic data with mlproject.synth")
     return refs
@@ -183,35 +194,48 @@ def _nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz")))
 
 
-def _discover_isles(root: Path, modalities: tuple[str, ...], with_evidence: bool) -> list[CaseRef]:
+def _discover_isles(root: Path, modalities: tuple[str, ...], with_evidence: bool) -> list[CaseRef | CaseError]:
     check_modalities(modalities, ISLES_MODALITIES, f"ISLES 2017 data in '{root}'")
     clinical = {**_read_table(root, "ISLES2017_Training"), **_read_table(root, "ISLES2017_Testing")}
-    folders = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"(training|test)_\d+", p.name)]
-    return [isles_case(folder, modalities, with_evidence, clinical.get(folder.name))
-            for folder in sorted(folders, key=lambda p: (p.name.startswith("test"), _natural_key(p.name)))]
+    named = [p for p in root.iterdir() if re.fullmatch(r"(training|test)_\d+", p.name)]
+    for stray in sorted(p for p in named if not p.is_dir()):
+        warnings.warn(f"'{stray}' is a file where a case folder is expected: skipped (an ISLES 2017 case is "
+                      "a folder of per-file folders)", DataWarning, stacklevel=3)
+    folders = [p for p in named if p.is_dir()]
+    found: list[CaseRef | CaseError] = []
+    for folder in sorted(folders, key=lambda p: (p.name.startswith("test"), _natural_key(p.name))):
+        try:
+            found.append(isles_case(folder, modalities, with_evidence, clinical.get(folder.name)))
+        except CaseError as exc:
+            found.append(exc)
+    return found
 
 
 def isles_case(folder: Path, modalities: Sequence[str] = MODALITIES, with_evidence: bool = False,
                clinical: dict | None = None) -> CaseRef:
-    """One ISLES 2017 case folder (``*.MR_<MOD>.*`` files, optional ``*.OT.*`` label)."""
+    """One ISLES 2017 case folder (``*.MR_<MOD>.*`` files, optional ``*.OT.*`` label).
+
+    Raises:
+        CaseError: a modality's file is missing or duplicated, or the label is duplicated; the
+            message names the case and the file.
+    """
     folder = Path(folder)
     files = _nifti_files(folder)
+    labels = [p for p in files if re.search(r"\.OT\.", p.name)]
+    if len(labels) > 1:
+        raise CaseError(folder.name, f"case {folder.name}: several OT label files in '{folder}' "
+                        f"({', '.join(p.name for p in labels)}): keep one")
     images = {}
     for name in modalities:
         pattern = re.compile(rf"\.MR_{re.escape(name)}\.", re.IGNORECASE)
         hits = [p for p in files if pattern.search(p.name)]
         if not hits:
-            raise DataError(
-                f"case folder '{folder}' has no {name} file (*.MR_{name}.*.nii): add it or "
-                f"leave {name} out of modalities"
-            )
+            raise CaseError(folder.name, f"case {folder.name}: no {name} file (*.MR_{name}.*.nii) in '{folder}': "
+                            f"add it or leave {name} out of modalities", labelled=bool(labels))
         if len(hits) > 1:
-            raise DataError(f"case folder '{folder}' has several {name} files "
-                            f"({', '.join(p.name for p in hits)}): keep one")
+            raise CaseError(folder.name, f"case {folder.name}: several {name} files in '{folder}' "
+                            f"({', '.join(p.name for p in hits)}): keep one", labelled=bool(labels))
         images[name] = hits[0]
-    labels = [p for p in files if re.search(r"\.OT\.", p.name)]
-    if len(labels) > 1:
-        raise DataError(f"case folder '{folder}' has several OT label files: keep one")
     evidence, ev_modalities = None, ()
     sidecar = folder / "evidence.json"
     if with_evidence and sidecar.is_file():
@@ -231,7 +255,7 @@ def _channel_files(folder: Path, ending: str) -> dict[str, dict[int, Path]]:
     return cases
 
 
-def _discover_nnunet(root: Path, modalities: tuple[str, ...], with_evidence: bool) -> list[CaseRef]:
+def _discover_nnunet(root: Path, modalities: tuple[str, ...], with_evidence: bool) -> list[CaseRef | CaseError]:
     meta_path = root / "dataset.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -243,24 +267,26 @@ def _discover_nnunet(root: Path, modalities: tuple[str, ...], with_evidence: boo
     check_modalities(modalities, tuple(channels), f"nnU-Net data set '{root}' (channel_names)")
     clinical = {**_read_table(root, "ISLES2017_Training"), **_read_table(root, "ISLES2017_Testing")}
     ev_meta = meta.get("evidence") if with_evidence else None
-    refs = []
+    refs: list[CaseRef | CaseError] = []
     for images_dir, labelled in (("imagesTr", True), ("imagesTs", False)):
         folder = root / images_dir
         if not folder.is_dir():
             continue
         cases = _channel_files(folder, re.escape(ending))
         for case_id in sorted(cases, key=_natural_key):
-            images = {}
-            for name in modalities:
-                path = cases[case_id].get(channels[name])
-                if path is None:
-                    raise DataError(f"'{folder / f'{case_id}_{channels[name]:04d}{ending}'}' "
-                                    f"({name}) is missing: add it or leave {name} out of modalities")
-                images[name] = path
+            missing = [name for name in modalities if channels[name] not in cases[case_id]]
+            if missing:
+                refs.append(CaseError(case_id, f"case {case_id}: "
+                                      f"'{folder / f'{case_id}_{channels[missing[0]]:04d}{ending}'}' "
+                                      f"({missing[0]}) is missing: add it or leave {missing[0]} out of "
+                                      "modalities", labelled))
+                continue
+            images = {name: cases[case_id][channels[name]] for name in modalities}
             label = root / "labelsTr" / f"{case_id}{ending}" if labelled else None
             if label is not None and not label.is_file():
-                raise DataError(f"label '{label}' is missing for training case {case_id}: add it "
-                                "or move the case's images to imagesTs")
+                refs.append(CaseError(case_id, f"label '{label}' is missing for training case {case_id}: add it "
+                                      "or move the case's images to imagesTs"))
+                continue
             evidence, ev_modalities = None, ()
             if ev_meta and labelled:
                 candidate = root / ev_meta["folder"] / f"{case_id}.nii.gz"
@@ -284,6 +310,9 @@ def read_case(ref: CaseRef) -> Case:
             first = (path, volume)
         else:
             _check_same_grid(first[0], first[1], path, volume)
+        if not np.any(volume.data):
+            warnings.warn(f"case {ref.case_id}: the {name} image '{path}' is all zero: check the file (a failed "
+                          "export or an empty map)", DataWarning, stacklevel=2)
         arrays.append(volume.data)
     assert first is not None
     ref_path, ref_volume = first
@@ -330,6 +359,17 @@ def _check_same_grid(path_a: Path, a, path_b: Path, b) -> None:
                         "resample the case's files to one grid")
 
 
+def check_labels(cases: Sequence, what: str = "training cases") -> None:
+    """Warn (:class:`DataWarning`) when no case has a lesion voxel: training would end at Dice 0 without a word.
+
+    ``cases`` are anything with a ``label`` array (``Case``, prepared cases); unlabelled ones are ignored.
+    """
+    labels = [c.label for c in cases if c.label is not None]
+    if labels and not any(np.any(label > 0.5) for label in labels):
+        warnings.warn(f"none of the {len(labels)} {what} has a lesion voxel: every label is empty, so Dice "
+                      "stays 0; check the label files (lesion = 1)", DataWarning, stacklevel=2)
+
+
 def load_cases(
     root: str | Path,
     modalities: Sequence[str] = MODALITIES,
@@ -364,15 +404,21 @@ def image_set(folder: str | Path, modalities: Sequence[str]) -> list[CaseRef]:
     return refs
 
 
-def prediction_inputs(path: str | Path, modalities: Sequence[str]) -> list[CaseRef]:
-    """What ``predict`` accepts: a data folder (either layout), one ISLES case folder, or an image set."""
+def prediction_inputs(path: str | Path, modalities: Sequence[str], problems: list[CaseError] | None = None
+                      ) -> list[CaseRef]:
+    """What ``predict`` accepts: a data folder (either layout), one ISLES case folder, or an image set.
+
+    ``problems`` collects the cases of a data folder that cannot be used (see :func:`discover`).
+    """
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"input '{path}' is not a folder: give a case folder, an image set or a data folder")
     try:
-        return discover(path, modalities)
+        detect_layout(path)
     except DataError:
         pass
+    else:  # a data folder: its broken cases are reported one by one, never blamed on the folder
+        return discover(path, modalities, problems=problems)
     names = [p.name for p in _nifti_files(path)]
     if any(".MR_" in n for n in names):
         return [isles_case(path, modalities)]
