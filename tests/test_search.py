@@ -108,7 +108,10 @@ def test_crash_and_ctrl_c_mark_the_trial_failed_and_the_study_resumable(isles_di
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir}/optuna.db")
     retry = study.trials[-1]
     assert retry.state == optuna.trial.TrialState.COMPLETE
-    assert retry.user_attrs["retry_of"] == 1 and retry.user_attrs["resume_checkpoint"].endswith("last.pt")
+    assert search.retry_of(retry) == 1
+    trial_runs = {r.data.tags["strokelens.trial"]: r for r in _runs(workdir)[1]
+                  if r.data.tags.get("strokelens.kind") == "trial"}
+    assert trial_runs[str(retry.number)].data.params["resumed_from"].endswith("trial_0001/last.pt")
 
 
 def test_no_usable_case_is_an_error_before_any_run(tmp_path, workdir):
@@ -172,14 +175,15 @@ def test_train_exports_the_top_k_and_the_best_is_champion(isles_dir, workdir):
     assert "int8_dice_change" in client.get_run(champion.run_id).data.metrics
 
 
-def test_a_new_study_covers_every_architecture_once_then_searches():
+def test_a_new_study_covers_every_architecture_once_then_searches(tmp_path):
     profile = dataclasses.replace(TINY, architectures=("unet3d", "segresnet3d", "resunet3d"), cover=True)
-    study = optuna.create_study(direction="maximize")
-    search._enqueue_retries_and_start(study, profile)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(direction="maximize", storage=storage)
+    search.prepare_study(study, storage, profile, tmp_path / "ckpt")
     waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
     assert [p["architecture"] for p in waiting] == ["unet3d", "segresnet3d", "resunet3d"]
     assert all({k: v for k, v in p.items() if k != "architecture"} ==
                {k: v for k, v in TINY.first.items() if k != "architecture"} for p in waiting)
-    search._enqueue_retries_and_start(study, profile)  # an existing study is not seeded again
+    search.prepare_study(study, storage, profile, tmp_path / "ckpt")  # an existing study is not seeded again
     assert len(study.get_trials()) == 3
     assert PROFILES["default"].cover

@@ -5,10 +5,12 @@ The objective follows Optuna's pattern: :func:`suggest_hparams` is the only plac
 trains it with :func:`benchmark.training.loop.fit`, reports validation Dice each epoch and raises
 ``TrialPruned`` when the pruner says so. Models never import Optuna.
 
-Studies live in ``storage`` (``sqlite:///optuna.db`` on one host; PostgreSQL through
-``postgresql://user:password@host/db`` for many hosts). Running the same command again adds
-``trials`` more trials to the same study; a trial that failed (a crash or Ctrl-C) after writing a
-checkpoint is retried first, resuming from that checkpoint.
+Studies live in ``storage`` (``sqlite:///optuna.db`` on one host; ``postgresql://…`` or
+``journal:///…`` for many, see :mod:`benchmark.training.studies`). Running the same command again
+adds ``trials`` more trials to the same study; a trial that was interrupted (Ctrl-C, SIGTERM),
+killed (its heartbeat stopped, or its process on this host is gone) or crashed after writing a
+checkpoint is retried first through Optuna's ``RetryHeartbeatStaleTrialCallback``, resuming from its
+checkpoint (stored relative to the study's checkpoint root, so another folder or host finds it).
 """
 
 from __future__ import annotations
@@ -27,9 +29,22 @@ from benchmark.errors import DataError, ParameterError
 from benchmark.figures import overlay_figures
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
+from benchmark.training.studies import (
+    INTERRUPTED_ATTR,
+    WORKER_ATTR,
+    TrialSeededTPE,
+    check_settings,
+    open_storage,
+    quiet_interrupts,
+    recover,
+    retry_of,
+    study_lock,
+    worker_alive,
+    worker_identity,
+)
 from models.registry import build, parameter_count
+from tracking import recovery
 from tracking import runs as tracking
-from tracking.locks import sqlite_lock
 
 
 def suggest_hparams(trial: optuna.Trial, profile: Profile) -> dict:
@@ -106,20 +121,16 @@ class SearchResult:
 def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.Study:
     """Create or load the study (maximising validation Dice) with its sampler and pruner.
 
+    The storage has a heartbeat and retries dead trials (:mod:`benchmark.training.studies`); the
+    sampler re-seeds per trial, so workers sharing the study sample differently.
+
     Raises:
         ParameterError: the storage cannot be opened, or the study maximises nothing / minimises.
     """
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    sampler = TrialSeededTPE(seed, n_startup_trials=4)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=profile.warmup)
-    if "://" not in storage:
-        raise ParameterError(f"storage '{storage}' is not a database URL: use sqlite:///optuna.db "
-                             "or postgresql://user:password@host/db")
-    with sqlite_lock(storage):  # concurrent first creation of the tables fails
-        try:
-            storage_obj = optuna.storages.RDBStorage(storage)
-        except Exception as exc:
-            raise ParameterError(f"storage '{storage}' cannot be opened ({type(exc).__name__}): give a "
-                                 "database URL such as sqlite:///optuna.db or postgresql://…") from exc
+    storage_obj = open_storage(storage)
+    with study_lock(storage, name):
         try:
             study = optuna.create_study(study_name=name, storage=storage_obj, sampler=sampler,
                                         pruner=pruner, direction="maximize", load_if_exists=True)
@@ -133,20 +144,45 @@ def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.S
     return study
 
 
-def _enqueue_retries_and_start(study: optuna.Study, profile: Profile) -> None:
-    """Retry failed trials that left a checkpoint; seed a new study with the profile's start (and cover)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for t in trials:
-        resume = t.user_attrs.get("last_checkpoint")
-        if t.state == optuna.trial.TrialState.FAIL and resume and Path(resume).is_file() \
-                and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"resume_checkpoint": resume, "retry_of": t.number})
-    if not trials and profile.first is not None and profile.fixed is None:
-        study.enqueue_trial(profile.first)
-        for architecture in profile.architectures if profile.cover else ():
-            if architecture != profile.first["architecture"]:
-                study.enqueue_trial({**profile.first, "architecture": architecture})
+def study_settings(s: SearchSettings) -> dict:
+    """What makes two trials of a study comparable; a resumed study must keep it (see ``check_settings``)."""
+    p = s.profile
+    return {"profile": p.name, "epochs": s.epochs, "grid": list(p.grid), "architectures": list(p.architectures),
+            "widths": list(p.widths), "losses": list(p.losses), "batch_size": p.batch_size, "fixed": p.fixed}
+
+
+def prepare_study(study: optuna.Study, storage: str, profile: Profile, checkpoints: Path) -> list[int]:
+    """Recover dead, interrupted or crashed trials, then seed a new study with the profile's start (and cover) once.
+
+    Args:
+        study: the study.
+        storage: its URL (for the study lock).
+        profile: the search profile (its first trial and cover).
+        checkpoints: the study's checkpoint root; a failed trial with a checkpoint there is resumable.
+
+    Returns:
+        The numbers of the trials handed to Optuna's retry callback.
+    """
+    retried = recover(study, lambda trial: (checkpoint_of(trial, checkpoints) or Path("/nonexistent")).is_file())
+    with study_lock(storage, study.study_name):
+        if study.user_attrs.get("seeded") or study.get_trials(deepcopy=False):
+            return retried
+        if profile.first is not None and profile.fixed is None:
+            study.enqueue_trial(profile.first)
+            for architecture in profile.architectures if profile.cover else ():
+                if architecture != profile.first["architecture"]:
+                    study.enqueue_trial({**profile.first, "architecture": architecture})
+        study.set_user_attr("seeded", True)
+    return retried
+
+
+def checkpoint_of(trial, root: Path) -> Path | None:
+    """A trial's last checkpoint: relative to the study's checkpoint root (or absolute, older studies)."""
+    stored = trial.user_attrs.get("checkpoint") or trial.user_attrs.get("last_checkpoint")
+    if not stored:
+        return None
+    path = Path(stored)
+    return path if path.is_absolute() or not trial.user_attrs.get("checkpoint") else root / path
 
 
 class Objective:
@@ -159,18 +195,31 @@ class Objective:
         self.deadline = deadline
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial, the next start retries it
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         hp = suggest_hparams(trial, self.s.profile)
-        folder = self.s.checkpoints / self.s.study / f"trial_{trial.number:04d}"
-        trial.set_user_attr("last_checkpoint", str(folder / "last.pt"))
+        root = self.s.checkpoints / self.s.study
+        original = retry_of(trial)
+        previous = checkpoint_of(trial, root) if original is not None else None  # copied from the dead trial
+        resume = str(previous) if previous is not None and previous.is_file() else None
+        folder = root / f"trial_{trial.number:04d}"
+        trial.set_user_attr("checkpoint", f"{folder.name}/last.pt")  # relative to the study's checkpoint root
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "preprocess.json").write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
-        resume = trial.user_attrs.get("resume_checkpoint")
         params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
                   "grid": "x".join(map(str, self.preprocess.grid)), "seed": self.s.seed,
-                  "resumed_from": resume or ""}
+                  "resumed_from": resume or "", "retry_of": "" if original is None else original}
         with tracking.trial_run(self.s.study, trial.number, hp["architecture"], params) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            seed_everything(self.s.seed + trial.number)  # the same seed builds the same initial weights
+            recovery.tag_worker(worker_identity())
+            number = trial.number if original is None else original
+            seed_everything(self.s.seed + number)  # the same seed builds the same initial weights
             model = build(hp["architecture"], len(self.preprocess.modalities), width=hp["width"])
             config = TrainConfig(epochs=self.s.epochs, batch_size=self.s.profile.batch_size, lr=hp["lr"],
                                  weight_decay=hp["weight_decay"], loss=hp["loss"], augment=hp["augment"],
@@ -233,12 +282,18 @@ def run_search(s: SearchSettings) -> SearchResult:
     params = {"data": str(s.data), "trials": s.trials, "epochs": s.epochs, "study": s.study,
               "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
               "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid))}
+    check_settings(study, study_settings(s))
+    retried = prepare_study(study, s.storage, s.profile, s.checkpoints / s.study)
+    dead_runs = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
+                 if t.number in retried and "mlflow_run_id" in t.user_attrs]
+    recovery.fail_stale_runs(experiment, s.study, lambda worker: worker_alive(worker) is False, tuple(dead_runs))
     with tracking.search_run(s.study, params, s.profile.name) as parent:
-        _enqueue_retries_and_start(study, s.profile)
+        recovery.tag_worker(worker_identity())
         started = time.monotonic()
         deadline = None if s.time_budget is None else started + s.time_budget
-        study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
-                       timeout=s.time_budget, catch=(FloatingPointError, RuntimeError))
+        with quiet_interrupts():
+            study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
+                           timeout=s.time_budget, catch=(FloatingPointError, RuntimeError))
         search_seconds = time.monotonic() - started
         finished = [t for t in study.get_trials(deepcopy=False)
                     if t.state == optuna.trial.TrialState.COMPLETE]
@@ -252,7 +307,8 @@ def run_search(s: SearchSettings) -> SearchResult:
         best_run = best.user_attrs.get("mlflow_run_id")
         best_metrics = tracking.best_epoch_metrics(best_run)
         tracking.log_best_trial(best_run, best.number, best.params or best.user_attrs, best_metrics)
-        best_folder = Path(best.user_attrs.get("last_checkpoint", "")).parent
+        best_checkpoint = checkpoint_of(best, s.checkpoints / s.study)
+        best_folder = best_checkpoint.parent if best_checkpoint is not None else Path("/nonexistent")
         if (best_folder / "best.pt").is_file():
             tracking.log_checkpoint(best_folder / "best.pt", preprocess.to_dict())
             tracking.log_figures(sorted((best_folder / "figures").glob("*.png")))

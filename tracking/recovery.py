@@ -1,0 +1,55 @@
+"""Runs left RUNNING by a process that died (SIGKILL, power loss) are ended FAILED at the next start.
+
+A run records which process owns it (tag ``strokelens.worker``: host, pid, process start time).
+At its next start a worker asks :func:`fail_stale_runs` to end, as FAILED, every RUNNING run of
+the study whose owner the caller declares dead, so the MLflow UI never shows a run that nothing
+will finish.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import mlflow
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from tracking.runs import TAG_STUDY, tracking_uri
+
+TAG_WORKER = "strokelens.worker"
+
+
+def tag_worker(identity: dict) -> None:
+    """Record the owning process on the active run."""
+    mlflow.set_tag(TAG_WORKER, json.dumps(identity, sort_keys=True))
+
+
+def fail_stale_runs(experiment: str, study: str, dead: Callable[[dict], bool], also: tuple[str, ...] = ()
+                    ) -> list[str]:
+    """End FAILED the study's RUNNING runs whose owner is ``dead``, and the runs in ``also`` if RUNNING.
+
+    Args:
+        experiment: the MLflow experiment name.
+        study: the study tag.
+        dead: called with a run's worker identity; True when that process is gone.
+        also: run ids to end FAILED when still RUNNING (e.g. the MLflow runs of trials that the
+            search storage has already declared failed).
+
+    Returns:
+        The ids of the runs ended now.
+    """
+    client = MlflowClient(tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    running = client.search_runs([found.experiment_id], f"tags.`{TAG_STUDY}` = '{study}' and "
+                                 "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY,
+                                 max_results=5000)
+    ended = []
+    for run in running:
+        worker = run.data.tags.get(TAG_WORKER)
+        if run.info.run_id in also or (worker and dead(json.loads(worker))):
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    return ended
