@@ -14,11 +14,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmark.data.synthetic import write_dataset
-from benchmark.errors import DataError
+from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.clinical_rules import clinical_masks, hemispheres, lateral_axis
 from benchmark.evaluation.robustness import perturb
 from benchmark.reporting.leaderboard import StudyRuns, architecture_table, explanation_table, floor_value
-from benchmark.reporting.report import build_report
+from benchmark.reporting.report import MARKER, build_report
 from tracking.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +151,102 @@ def test_nothing_to_report_is_an_error_that_says_what_is_missing(tmp_path):
     with pytest.raises(DataError, match="nothing to report.*no trial of study 's' finished"):
         build_report("s", "e", tmp_path, store=_EmptyStore())
     assert not (tmp_path / "s").exists()
+
+
+class _MemoryStore:
+    """A finished study held in memory: a search, two trials, an evaluation with a clinical rule, an explain run."""
+
+    experiment, experiment_id = "e", "1"
+
+    def __init__(self, study, name="unet3d", param="data/isles", message="ok"):
+        tags = {"strokelens.study": study}
+        search = _record("s1", "search")
+        search.tags.update(tags)
+        search.params["data"] = param
+        trial = _record("t1", "trial", name, "complete", {"best_val_dice": 0.7, "param_count": 10,
+                                                           "seconds_per_epoch": 2.0, "epochs_run": 3})
+        evaluation = _record("e1", "evaluation", name, metrics={"dice_mean": 0.6, "hd95_mean": 3.0}, model_run="t1")
+        rule = _record("b1", "clinical_rule", "core_rcbf30", metrics={"dice_mean": 0.4, "hd95_mean": 9.0})
+        explain = _record("x1", "explain", model_run="t1")
+        explain.tags.update(tags)
+        explanations = [_record(run_id, "explanation", params={"method": method, "filter": "raw"},
+                                metrics={"relevance_mass_accuracy": value, "relevance_rank_accuracy": value,
+                                         "blrp_to_ot": value})
+                        for run_id, method, value in (("r1", f"lrp_{name}", 0.6), ("r2", "random", 0.2))]
+        self.by_kind = {"search": [search], "trial": [trial], "evaluate": [_record("v1", "evaluate")],
+                        "explain": [explain]}
+        self.nested = {("v1", "evaluation"): [evaluation], ("v1", "clinical_rule"): [rule],
+                       ("x1", "explanation"): explanations}
+        self.cases = {run_id: pd.DataFrame({"case": ["c1", "c2"], "lesion_ml": [1.5, 12.0], "dice": dice})
+                      for run_id, dice in (("e1", [0.5, 0.7]), ("b1", [0.3, 0.5]))}
+        self.message = message
+
+    def runs(self, kind, study=None, extra=""):
+        return self.by_kind.get(kind, [])
+
+    def children(self, parent, kind):
+        return self.nested.get((parent.run_id, kind), [])
+
+    def studies(self):
+        return []
+
+    def cases_table(self, run_id, destination):
+        return self.cases.get(run_id)
+
+    def download(self, run_id, path, destination):
+        return None
+
+
+def test_html_escapes_every_name_param_and_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    hostile = "<script>alert('x')</script>&amp"
+    study = "a&b<script>"  # no "/" : the study name is a folder
+    report = build_report(study, "e", tmp_path, store=_MemoryStore(study, name=hostile, param=f"data {hostile}"))
+    page = (report.folder / "leaderboard.html").read_text(encoding="utf-8")
+    assert "<script" not in page and "alert('x')" not in page
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;amp"
+    assert page.count(escaped) >= 3  # the architecture row, the method row, the search's data parameter
+    assert "a&amp;b&lt;script&gt;" in page and "a&b<" not in page
+    assert re.search(r'<tr class="rule"><td>\d+</td><td class="text">core_rcbf30</td>', page)
+    assert re.search(r'<tr class="floor"><td>\d+</td><td class="text">random</td>', page)
+    assert "Tjoa et al." in page  # "the study" is named once, in the footer
+    markdown = (report.folder / "leaderboard.md").read_text(encoding="utf-8")
+    assert f"| {hostile} |" in markdown and f"lrp_{hostile}" in markdown  # Markdown is text: not escaped
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_report_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mine = tmp_path / "out" / "s"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "precious.txt").write_text("a week of work")
+    (mine / "notes" / "todo.md").write_text("- read the paper")
+    before = _tree(mine)
+    with pytest.raises(ParameterError, match=r"'.*out/s' already exists and is not a report.*choose another --out or "
+                                             "remove the folder"):
+        build_report("s", "e", tmp_path / "out", store=_MemoryStore("s"))
+    assert _tree(mine) == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s"]  # no temporary folder left
+    (tmp_path / "out" / "f").write_text("a file")
+    with pytest.raises(ParameterError, match="is a file"):
+        build_report("f", "e", tmp_path / "out", store=_MemoryStore("f"))
+    assert (tmp_path / "out" / "f").read_text() == "a file"
+
+
+def test_report_replaces_its_own_earlier_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "s").mkdir()  # an empty folder holds nothing to lose
+    first = build_report("s", "e", tmp_path, store=_MemoryStore("s"))
+    assert (first.folder / MARKER).is_file() and (first.folder / "figures" / "dice_by_volume.png").is_file()
+    (first.folder / "figures" / "stale.png").write_bytes(b"old")
+    second = build_report("s", "e", tmp_path, store=_MemoryStore("s", name="segresnet3d"))
+    assert second.folder == first.folder and (second.folder / MARKER).is_file()
+    assert not (second.folder / "figures" / "stale.png").exists()
+    assert "segresnet3d" in (second.folder / "leaderboard.html").read_text(encoding="utf-8")
+    assert all(f.is_file() for f in second.files) and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
 # --- the whole pipeline -----------------------------------------------------------------------
@@ -294,3 +390,16 @@ def test_evaluate_refuses_an_unknown_study_or_bad_repeats(pipeline):
     assert result.returncode == 2 and "repeats must be at least 1" in result.stderr
     result = _python(workdir, "mlproject.evaluate", "--study", STUDY, "--data", str(workdir / "absent"))
     assert result.returncode == 2 and "absent" in result.stderr and "--data" in result.stderr
+
+
+def test_report_cli_leaves_a_users_folder_untouched_in_one_line(pipeline):
+    workdir, _ = pipeline
+    mine = workdir / "mine" / STUDY
+    mine.mkdir(parents=True)
+    (mine / "precious.txt").write_text("a week of work")
+    result = _python(workdir, "mlproject.report", "--study", STUDY, "--out", str(workdir / "mine"))
+    assert result.returncode == 2 and not result.stdout and result.stderr.strip().count("\n") == 0
+    assert "is not a report" in result.stderr and "choose another --out or remove the folder" in result.stderr
+    assert [p.name for p in mine.iterdir()] == ["precious.txt"] and (mine / "precious.txt").read_text() == \
+        "a week of work"
+    assert (workdir / "reports" / STUDY / MARKER).is_file()  # the pipeline's own report carries the marker
