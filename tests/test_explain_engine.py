@@ -7,10 +7,10 @@ from torch import nn
 
 import explain
 import models
-from explain.core import BatchNormCanonizer, canonized
+from explain.canonizers import BatchNormCanonizer, canonized
 from explain.errors import ExplainError
 from explain.filters import RelevanceFilter, parse_filters, study_sweep
-from models.blocks import Multiply
+from explain.layers import Multiply
 
 
 def _bias_free(name, width=0.0625, seed=0):
