@@ -16,7 +16,8 @@ merging), :mod:`~explain.composites` (the registry), :mod:`~explain.targets`,
 :mod:`~explain.metrics`, :mod:`~explain.assessment`.
 """
 
-from explain.attribution import attribute, lrp_sweep, methods, rule_map
+from explain.attribution import attribute, lrp_sweep, methods, relevance_balance, rule_map
 from explain.composites import conservation, register_composite
 
-__all__ = ["attribute", "conservation", "lrp_sweep", "methods", "register_composite", "rule_map"]
+__all__ = ["attribute", "conservation", "lrp_sweep", "methods", "register_composite", "relevance_balance",
+           "rule_map"]

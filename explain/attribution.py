@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 from explain import composites
 from explain.baselines import BASELINES
 from explain.canonizers import canonized
-from explain.core import ExplainContext
+from explain.core import ExplainContext, LayerBalance
 from explain.errors import ExplainError
 from explain.filters import RelevanceFilter
 from explain.graph import trace
@@ -33,7 +34,7 @@ LRP_METHODS = composites.COMPOSITES.keys()
 """The registered LRP method names (a live view: composites registered later are in it)."""
 
 __all__ = ["BASELINES", "LRP_METHODS", "attribute", "frozen", "initial_relevance", "lrp_sweep", "methods",
-           "rule_map", "target_mask"]
+           "relevance_balance", "rule_map", "target_mask"]
 
 
 def methods() -> list[str]:
@@ -53,12 +54,14 @@ def rule_map(model: nn.Module, x: Tensor, method: str, **options) -> dict[str, R
     return {name: rule for name, (_, rule) in composite.rules(model).items()}
 
 
-def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[RelevanceFilter], target=None,
-              **options) -> tuple[dict[str, Tensor], Tensor]:
+def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[RelevanceFilter], target=None, *,
+              ledger: list[LayerBalance] | None = None, **options) -> tuple[dict[str, Tensor], Tensor]:
     """LRP for several filters from one forward pass.
 
     Layer-wise filters each need their own backward pass, but they share the forward pass and
     every rule's modified forward (cached per layer); post-hoc filters reuse the raw relevance.
+    ``ledger``: a list that receives every unit's :class:`~explain.core.LayerBalance` of every
+    backward pass (see :func:`relevance_balance`).
 
     Returns:
         ({filter name: relevance with x's shape}, the explained target per sample (N,)).
@@ -69,7 +72,7 @@ def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[Releva
     out: dict[str, Tensor] = {}
     with frozen(model), canonized(model, x):
         composite = composites.build(method, trace(model, x), **options)
-        state = ExplainContext()
+        state = ExplainContext(ledger=ledger)
         with composite.context(model, state) as hooked:
             xg = x.clone().requires_grad_(True)
             logits = hooked(xg)
@@ -91,6 +94,37 @@ def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[Releva
         elif f.mode == "post":
             out[f.name] = f(raw)
     return {f.name: out[f.name] for f in filters}, explained_target(logits.detach(), mask)
+
+
+@dataclass(frozen=True)
+class RelevanceBalance:
+    """Where relevance goes in one LRP explanation (sums over the batch).
+
+    Attributes:
+        target: the explained target f (:func:`explain.targets.explained_target`).
+        input_relevance: ``Σ R`` at the model's input.
+        layers: every unit's :class:`~explain.core.LayerBalance`, in backward order.
+    """
+
+    target: float
+    input_relevance: float
+    layers: tuple[LayerBalance, ...]
+
+    @property
+    def stabiliser_bound(self) -> float:
+        """The sum of the layers' stabiliser bounds.
+
+        How far ``input_relevance`` may lie from ``target`` in a network without biases when every
+        rule claims conservation (plus float rounding).
+        """
+        return sum(layer.stabiliser_bound for layer in self.layers)
+
+
+def relevance_balance(model: nn.Module, x: Tensor, method: str, target=None, **options) -> RelevanceBalance:
+    """The relevance balance of an LRP method on ``model`` and ``x``: does it conserve, and where not."""
+    ledger: list[LayerBalance] = []
+    relevance, explained = lrp_sweep(model, x, method, [RelevanceFilter()], target, ledger=ledger, **options)
+    return RelevanceBalance(float(explained.sum()), float(relevance["raw"].sum()), tuple(ledger))
 
 
 def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_filter: RelevanceFilter | None = None,

@@ -66,17 +66,50 @@ class _RuleHook:
 
     def backward(self, relevance: Tensor) -> tuple[Tensor | None, ...]:
         out = self.rule.relevance(self.module, self.inputs, self.output, relevance, self.cache)
+        if self.context.ledger is not None:
+            self.context.ledger.append(LayerBalance(
+                self.name, self.rule.name, float(relevance.sum()), sum(float(r.sum()) for r in out if r is not None),
+                float(relevance.abs().sum()), self.rule.stabiliser_bound(relevance, self.cache)))
         layer_filter = self.context.layer_filter
         if layer_filter is not None and self.rule.filterable:
             out = tuple(None if r is None else layer_filter(r) for r in out)
         return out
 
 
+@dataclass(frozen=True)
+class LayerBalance:
+    """One unit's relevance balance in one backward pass (sums over the batch), before any filter.
+
+    Attributes:
+        name: the unit's name in the model.
+        rule: the rule's name.
+        relevance_out: ``Σ R`` at the unit's output.
+        relevance_in: ``Σ R`` over its inputs.
+        mass_out: ``Σ |R|`` at its output.
+        stabiliser_bound: the rule's bound on ``|relevance_in − relevance_out|`` due to its stabiliser
+            (:meth:`explain.rules.Rule.stabiliser_bound`; a bias's share comes on top).
+    """
+
+    name: str
+    rule: str
+    relevance_out: float
+    relevance_in: float
+    mass_out: float
+    stabiliser_bound: float
+
+
 @dataclass
 class ExplainContext:
-    """State shared by the hooks of one ``with composite.context(model)`` block."""
+    """State shared by the hooks of one ``with composite.context(model)`` block.
+
+    Attributes:
+        layer_filter: applied to the relevance each filterable rule hands on.
+        ledger: when a list, every unit's :class:`LayerBalance` is appended to it (costs a few
+            reductions per layer; off by default).
+    """
 
     layer_filter: Callable[[Tensor], Tensor] | None = None
+    ledger: list[LayerBalance] | None = None
 
 
 Matcher = Callable[[str, nn.Module], bool]

@@ -71,6 +71,15 @@ class Rule:
         """Relevance of each input, given the module's stored inputs, output and output relevance."""
         raise NotImplementedError
 
+    def stabiliser_bound(self, relevance: Tensor, cache: dict) -> float:
+        """After :meth:`relevance`: a bound on ``|Σ R_in − Σ R_out|`` due to the stabiliser alone.
+
+        ``ε Σ_j |R_j| / |stab(z'_j)|`` over the rule's denominators z' (biases excluded: a bias's
+        share comes on top); 0 for rules that only route relevance; ``inf`` for rules without a
+        conservation claim.
+        """
+        return 0.0 if self.conservation != "none" else float("inf")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -118,9 +127,15 @@ class LinearRule(Rule):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             z = module.forward(xg, *inputs[1:])  # no hooks: this is the rule itself
-            s = relevance / stabilize(z.detach(), self.epsilon)
-            (gradient,) = torch.autograd.grad(z, xg, s)
+            cache["z"] = stabilize(z.detach(), self.epsilon)
+            (gradient,) = torch.autograd.grad(z, xg, relevance / cache["z"])
         return x * gradient
+
+    def stabiliser_bound(self, relevance, cache):
+        if "z" in cache:
+            return self.epsilon * float((relevance / cache["z"]).abs().sum())
+        return self.epsilon * sum(abs(coefficient) * float((relevance / cache[g][1]).abs().sum())
+                                  for g, (coefficient, _) in enumerate(self.groups))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(epsilon={self.epsilon})"
@@ -145,8 +160,13 @@ class Norm(Rule):
         self.epsilon = epsilon
 
     def relevance(self, module, inputs, output, relevance, cache):
-        s = relevance / stabilize(output, self.epsilon)
+        if "z" not in cache:
+            cache["z"] = stabilize(output, self.epsilon)
+        s = relevance / cache["z"]
         return tuple(x * s for x in inputs)
+
+    def stabiliser_bound(self, relevance, cache):
+        return self.epsilon * float((relevance / cache["z"]).abs().sum())
 
 
 class SignalTakesAll(Rule):

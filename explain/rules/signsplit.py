@@ -36,6 +36,17 @@ class SignSplitRule(Rule):
         """``(c_W, c_B)``: the factors of the output relevance (the same object when equal)."""
         raise NotImplementedError
 
+    def inverse_denominator(self, c_w: Tensor, c_b: Tensor) -> Tensor:
+        """``1 / |stab(z'_j)|`` from the factors (for :meth:`stabiliser_bound`)."""
+        raise NotImplementedError
+
+    def stabiliser_bound(self, relevance, cache):
+        if self.conservation == "none":
+            return float("inf")
+        prepared = cache["basis"]
+        c_w, c_b = (prepared[2], prepared[2]) if prepared[0] == "one" else prepared[4:6]
+        return self.epsilon * float((relevance * self.inverse_denominator(c_w, c_b)).abs().sum())
+
     def relevance(self, module, inputs, output, relevance, cache):
         if not has_weights(module):
             raise TypeError(f"{type(self).__name__} needs a layer with weights, got {type(module).__name__}")
@@ -93,6 +104,9 @@ class ZPlus(SignSplitRule):
             return c_b, c_b
         return c_b + torch.where(dead, 1.0 / stabilize(z0, self.epsilon), 0.0), c_b
 
+    def inverse_denominator(self, c_w, c_b):
+        return 2 * c_b + (c_w - c_b).abs()  # live: 1/(z⁺ + ε); dead: 1/|stab(z₀)|
+
 
 class Gamma(SignSplitRule):
     """LRP-γ, sign-aware (Montavon et al. 2019, sec. 10.2.3; as Zennit's ``Gamma``).
@@ -132,6 +146,9 @@ class Gamma(SignSplitRule):
         s = torch.where(z < 0, -1.0, 1.0).to(z.dtype)
         inverse = 1.0 / stabilize((1 + g / 2) * z + (g / 2) * s * b, self.epsilon)
         return inverse, s * inverse
+
+    def inverse_denominator(self, c_w, c_b):
+        return c_w.abs()
 
     def __repr__(self) -> str:
         return f"Gamma(gamma={self.gamma})"
