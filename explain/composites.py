@@ -24,7 +24,7 @@ need no rule (:data:`explain.core.NATIVE`).
 The built-in LRP methods (rules in :mod:`explain.rules`; "first" are the input layers, "head" the
 output layer, both from the trace):
 
-* ``lrp_epsilon``: ε (default 1e-6, option ``epsilon``) on every layer with weights;
+* ``lrp_epsilon``: ε (default 1e-6, option ``epsilon``) on every layer with weights and on ``Upsample``;
 * ``lrp_zplus``: z⁺ everywhere;
 * ``lrp_zplus_zbox``: the study's standard: z^B first (bounds ``low``, ``high``, default [0, 1]), z⁺ elsewhere;
 * ``study_published``: as ``lrp_zplus_zbox`` with the study's published z^B sign variant;
@@ -76,10 +76,14 @@ COMPOSITES: dict[str, CompositeFactory] = {}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def default_rules() -> list[tuple[Matcher, Callable]]:
-    """The rules every composite shares (module docstring); append them after the layer rules."""
+def default_rules(epsilon: float = 1e-6) -> list[tuple[Matcher, Callable]]:
+    """The rules every composite shares (module docstring); append them after the layer rules.
+
+    Args:
+        epsilon: the stabiliser of the ε rule on :class:`~explain.layers.Upsample`.
+    """
     return [(by_type(*BATCHNORMS, *ACTIVATIONS), Pass), (gates(), SignalTakesAll), (by_type(Add), Norm),
-            (by_type(Upsample), ParameterFreeEpsilon)]
+            (by_type(Upsample), lambda: ParameterFreeEpsilon(epsilon))]
 
 
 def register_composite(name: str, factory: CompositeFactory | None = None, *, replace: bool = False):
@@ -160,8 +164,8 @@ def _eps(epsilon: float | None) -> float:
 
 @register_composite("lrp_epsilon")
 def lrp_epsilon(structure: Structure, epsilon: float | None = None) -> Composite:
-    """ε everywhere."""
-    return Composite([(LINEAR, lambda: Epsilon(_eps(epsilon)))] + default_rules())
+    """ε everywhere (interpolation included)."""
+    return Composite([(LINEAR, lambda: Epsilon(_eps(epsilon)))] + default_rules(_eps(epsilon)))
 
 
 @register_composite("lrp_zplus")
