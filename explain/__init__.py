@@ -1,9 +1,23 @@
-"""The LRP engine (rules, composites, canonizers), baselines, relevance filters and metrics.
+"""An LRP engine that stands on its own: rules, composites, canonizers, baselines, filters and metrics.
 
 ``explain.methods()`` lists the method names; ``explain.attribute(model, x, method, target=None,
-**options)`` returns relevance with x's shape (N, C, D, H, W).
+**options)`` returns relevance with x's shape (N, C, *spatial). A network is explainable when it
+is built from layers with rules (``Linear``, ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``,
+BatchNorm, activations, pooling, dropout) and the combinator layers of :mod:`explain.layers`
+(``Add``, ``Concat``, ``Multiply``, ``Upsample``); its gates declare the gate protocol
+(``explain_gate = True``, :class:`explain.layers.Gate`). New LRP methods are added with
+:func:`register_composite`. The package imports nothing from the rest of strokelens.
+
+Modules: :mod:`~explain.layers` (combinators, gate protocol), :mod:`~explain.rules` (LRP rules),
+:mod:`~explain.backend` (layer maps, adjoints, oneDNN dispatch), :mod:`~explain.core` (hooks,
+composites), :mod:`~explain.graph` (traced structure), :mod:`~explain.canonizers` (BatchNorm
+merging), :mod:`~explain.composites` (the registry), :mod:`~explain.targets`,
+:mod:`~explain.baselines`, :mod:`~explain.attribution` (the API), :mod:`~explain.filters`,
+:mod:`~explain.metrics`, :mod:`~explain.assessment`.
 """
 
-from explain.attribution import attribute, lrp_sweep, methods
+from explain.attribution import attribute, lrp_sweep, methods, relevance_balance, rule_map
+from explain.composites import conservation, register_composite
 
-__all__ = ["attribute", "lrp_sweep", "methods"]
+__all__ = ["attribute", "conservation", "lrp_sweep", "methods", "register_composite", "relevance_balance",
+           "rule_map"]

@@ -1,51 +1,24 @@
 """Reusable building blocks, made only of layers the LRP engine explains.
 
-Every operation that combines tensors is a module of its own (:class:`Concat`, :class:`Add`,
-:class:`Multiply`, :class:`Upsample`), so an explanation rule can be attached to it the same way
-as to a convolution; ``forward`` methods only call submodules.
+Every operation that combines tensors is one of the engine's combinator layers
+(:mod:`explain.layers`: ``Concat``, ``Add``, ``Multiply``, ``Upsample``), so an explanation rule
+is attached to it the same way as to a convolution; ``forward`` methods only call submodules.
+The two gates (:class:`AttentionGate`, :class:`InputLens`) declare the engine's gate protocol
+(``explain_gate = True``): their output is the signal times a gate, and LRP gives all of its
+relevance to the signal.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from explain.layers import Add, Multiply, Upsample
 
 NEGATIVE_SLOPE = 0.2
 """The study's LeakyReLU slope."""
-
-
-class Concat(nn.Module):
-    """Concatenate tensors along the channel axis: (N, ΣC_i, D, H, W)."""
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.cat(tensors, dim=1)
-
-
-class Add(nn.Module):
-    """Element-wise sum of tensors of one shape (residual connections)."""
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        out = tensors[0]
-        for t in tensors[1:]:
-            out = out + t
-        return out
-
-
-class Multiply(nn.Module):
-    """Gate a signal: ``signal × gate`` (gate broadcast over channels when it has one)."""
-
-    def forward(self, signal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return signal * gate
-
-
-class Upsample(nn.Module):
-    """Trilinear interpolation to the spatial size of a reference tensor."""
-
-    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if x.shape[2:] == like.shape[2:]:
-            return x
-        return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=False)
 
 
 def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
@@ -135,6 +108,8 @@ class AttentionGate(nn.Module):
         inter_channels: channels of the joint embedding.
     """
 
+    explain_gate: ClassVar[bool] = True  # signal x, gate α: relevance goes to x (explain.layers.Gate)
+
     def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int):
         super().__init__()
         self.theta = nn.Sequential(nn.Conv3d(skip_channels, inter_channels, 1, bias=False),
@@ -161,6 +136,8 @@ class InputLens(nn.Module):
     Args:
         channels: number of input modalities.
     """
+
+    explain_gate: ClassVar[bool] = True  # signal x, gate σ(conv(x)): relevance goes to x (explain.layers.Gate)
 
     def __init__(self, channels: int):
         super().__init__()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from explain.layers import Add, Concat
 from models.blocks import (
-    Add,
     AttentionGate,
-    Concat,
     ConvBlock,
     InputLens,
     PreActResidualBlock,

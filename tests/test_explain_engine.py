@@ -7,10 +7,10 @@ from torch import nn
 
 import explain
 import models
-from explain.core import BatchNormCanonizer, canonized
+from explain.canonizers import BatchNormCanonizer, canonized
 from explain.errors import ExplainError
 from explain.filters import RelevanceFilter, parse_filters, study_sweep
-from models.blocks import Multiply
+from explain.layers import Multiply
 
 
 def _bias_free(name, width=0.0625, seed=0):
@@ -165,3 +165,23 @@ def test_a_layer_without_rule_is_named():
     model = nn.Sequential(nn.Conv3d(3, 2, 1), nn.Tanh())
     with pytest.raises(ExplainError, match=r"layer '1' \(Tanh\) has no rule.*add a rule for Tanh"):
         explain.attribute(model, torch.rand(1, 3, 4, 4, 4), "lrp_zplus")
+
+
+TRUE_INPUT_LAYERS = {"unet3d": ["encoders.0.conv1"], "unet3d_lens": ["encoders.0.conv1"],  # behind the lens
+                     "resunet3d": ["encoders.0.conv1", "encoders.0.shortcut.0"],
+                     "attention_unet3d": ["encoders.0.conv1"], "segresnet3d": ["stem"]}
+
+
+@pytest.mark.parametrize("name", models.available())
+@pytest.mark.parametrize("modalities,width", [(6, 0.1875), (4, 0.125)])
+def test_only_the_layers_that_read_the_input_get_the_input_rule(name, modalities, width):
+    """Widths where hidden layers have as many input channels as the model has modalities (#18.2)."""
+    model = models.build(name, modalities, width=width)
+    hidden = [n for n, m in model.named_modules() if isinstance(m, nn.Conv3d) and m.in_channels == modalities
+              and n not in TRUE_INPUT_LAYERS[name] and not n.startswith("lens.")]
+    assert hidden, "no hidden layer with as many input channels as modalities: the case is not the hard one"
+    x = torch.rand(1, modalities, 8, 16, 16)
+    for method, rule in (("lrp_zplus_zbox", "zbox"), ("study_published", "zbox"), ("epsilon_gamma_box", "zbox"),
+                         ("epsilon_plus_flat", "flat")):
+        rules = explain.rule_map(model, x, method)
+        assert sorted(n for n, r in rules.items() if r.name == rule) == sorted(TRUE_INPUT_LAYERS[name]), method

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import models
-from models.blocks import Add, Concat, Multiply, Upsample
+from explain.layers import Add, Concat, Multiply, Upsample
 from models.errors import ModelParameterError
 
 SUPPORTED = (nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d, nn.LeakyReLU, nn.ReLU, nn.MaxPool3d,
