@@ -12,7 +12,8 @@ For a prediction P and ground truth G (binary (D, H, W) masks) and spacing s (mm
 
   - HD95, directed (default, reported): max(P95 D_PG, P95 D_GP), MONAI's
     ``compute_hausdorff_distance(percentile=95)``; pooled: P95 (D_PG ∪ D_GP), MedPy's
-    ``medpy.metric.binary.hd95`` (0.4 and 0.5). The pooled value is never larger.
+    ``medpy.metric.binary.hd95`` (0.4 and 0.5). They differ most where a small far-away part
+    holds more than 5 % of one surface but less than 5 % of both together.
   - ASSD, directed (default, reported): (mean D_PG + mean D_GP) / 2, MedPy 0.4's ``assd``;
     pooled: mean (D_PG ∪ D_GP), MONAI's ``compute_average_surface_distance(symmetric=True)`` and
     MedPy 0.5's ``assd``. The two differ when |∂P| ≠ |∂G|.
