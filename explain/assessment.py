@@ -104,6 +104,6 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
                         return lrp_sweep(randomised, x, method, [f], **options)[0][f.name][0].numpy()
                     return f(attribute(randomised, x, method, seed=seed))[0].numpy()
 
-                values["randomisation_spearman"] = m.randomisation_spearman(model, again, relevance, seed=seed)
+                values["randomisation_spearman"] = m.randomisation_spearman(model, again, relevance, x=x, seed=seed)
         results.append(Explanation(case_id, method, f, relevance, values))
     return results

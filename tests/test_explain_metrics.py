@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 import explain
@@ -12,6 +13,7 @@ from benchmark.data.preprocessing import PreprocessConfig, prepare
 from benchmark.training.loop import TrainConfig, fit, seed_everything
 from explain import metrics as m
 from explain.assessment import explain_case
+from explain.errors import ExplainError
 from explain.filters import RelevanceFilter
 
 
@@ -83,7 +85,7 @@ def test_randomisation_lowers_the_correlation():
         return explain.attribute(randomised, x, "lrp_epsilon")[0].numpy()
 
     assert m.spearman(reference, again(model)) == pytest.approx(1.0)
-    assert m.randomisation_spearman(model, again, reference) < 0.9
+    assert m.randomisation_spearman(model, again, reference, x=x) < 0.9
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +112,110 @@ def test_lrp_beats_random_on_evidence_mass_accuracy(trained):
     floor = scores["random"]
     for method in explain.attribution.LRP_METHODS:
         assert scores[method] > 2 * floor, (method, scores)
+
+
+def test_spearman_gives_ties_their_average_rank():
+    # two independent maps sharing 80 % exact zeros: ties broken by array order gave about 0.5
+    rng = np.random.default_rng(0)
+    a, b = np.zeros(10_000), np.zeros(10_000)
+    support = rng.permutation(10_000)[:2_000]
+    a[support], b[support] = rng.normal(size=2_000), rng.normal(size=2_000)
+    assert abs(m.spearman(a, b)) < 0.05
+    assert m.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    # by hand: ranks (1.5, 1.5, 3, 4) and (1, 2.5, 2.5, 4)
+    ra, rb = np.array([1.5, 1.5, 3, 4]), np.array([1, 2.5, 2.5, 4])
+    expected = ((ra - ra.mean()) * (rb - rb.mean())).sum() / np.sqrt(((ra - ra.mean()) ** 2).sum()
+                                                                      * ((rb - rb.mean()) ** 2).sum())
+    assert m.spearman(np.array([0, 0, 1, 2]), np.array([5, 7, 7, 9])) == pytest.approx(expected)
+    assert m.spearman(np.zeros(10), np.arange(10.0)) == 0.0  # undefined for a constant map
+
+
+def test_cascade_runs_from_the_output_head_in_data_flow_order():
+    model = models.build("unet3d", 3, width=0.0625).eval()
+    x = torch.rand(1, 3, 8, 16, 16)
+    order = m.cascade_order(model, x)
+    registered = [name for name, module in model.named_modules() if m._owns_state(module)]
+    assert order[0] == "head" and sorted(order) == sorted(registered)
+    # decoders[2] runs first after the bottleneck (coarsest), decoders[0] last (finest, next to the head)
+    assert order.index("decoders.0.conv2") < order.index("decoders.1.conv2") < order.index("decoders.2.conv2")
+    assert order.index("bottom.conv1") < order.index("encoders.2.conv1") < order.index("encoders.0.conv1")
+    first = m.cascade_stages(model, x)[0]
+    assert "head" in first and "decoders.0.bn2" in first and not any(n.startswith("decoders.2") for n in first)
+
+
+def test_cascade_redraws_every_parameter_and_leaves_the_model_alone():
+    seed_everything(0)
+    model = models.build("unet3d", 3, width=0.0625)
+    with torch.no_grad():  # a state that differs from a fresh build, running statistics included
+        model.train()
+        model(torch.rand(2, 3, 8, 16, 16))
+    model.eval()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.rand(1, 3, 8, 16, 16)
+    stages = m.cascade_stages(model, x, stages=4)
+    snapshots = []
+
+    def explain_fn(randomised):
+        snapshots.append({k: v.clone() for k, v in randomised.state_dict().items()})
+        return np.random.default_rng(len(snapshots)).normal(size=50)
+
+    values = m.randomisation_cascade(model, explain_fn, np.arange(50.0), x=x, stages=4)
+    assert len(values) == len(snapshots) == 4
+    for stage, state in enumerate(snapshots):
+        done = {n for group in stages[:stage + 1] for n in group}
+        for key, value in state.items():
+            owner, leaf = key.rsplit(".", 1)
+            if owner in done and value.is_floating_point():  # weights, biases, BN weight/bias/mean/var
+                assert (value != original[key]).all(), (stage, key)
+            else:  # later layers and the num_batches_tracked counters stay
+                assert torch.equal(value, original[key]), (stage, key)
+        assert (state["decoders.0.bn2.running_var"] > 0).all()
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert not model.training and [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_integer_masks_equal_bool_masks():
+    relevance, lesion = _case()
+    relevance = relevance + np.random.default_rng(1).normal(scale=0.1, size=relevance.shape)
+    evidence = np.zeros_like(relevance, bool)
+    evidence[0][lesion] = True
+    evidence[1, :2] = True
+    for kind in (np.uint8, np.int64, np.float32):
+        le, ev = lesion.astype(kind), evidence.astype(kind)
+        assert np.allclose(m.blrp_to_ot(relevance, le), m.blrp_to_ot(relevance, lesion))
+        for metric in (m.relevance_mass_accuracy, m.relevance_rank_accuracy, m.pointing_game):
+            assert metric(relevance, le) == metric(relevance, lesion), metric
+        assert m.relevance_mass_accuracy(relevance, le) <= 1.0
+        assert m.evidence_mass_accuracy(relevance, ev)[0] == m.evidence_mass_accuracy(relevance, evidence)[0]
+        assert m.modality_attribution_accuracy(relevance, ev, le) == \
+            m.modality_attribution_accuracy(relevance, evidence, lesion)
+
+
+@pytest.mark.parametrize(("mask", "match"), [
+    (lambda lesion: lesion.astype(np.int64) * 2, "lesion must be a bool or 0/1 mask"),
+    (lambda lesion: lesion * 0.7, "lesion must be a bool or 0/1 mask"),
+    (lambda lesion: lesion[:, :, :5], r"lesion has shape \(4, 6, 5\) but the relevance needs \(4, 6, 6\)"),
+    (lambda lesion: lesion.astype(str), "lesion must be a bool or 0/1 mask"),
+])
+def test_other_masks_are_one_line_errors(mask, match):
+    relevance, lesion = _case()
+    for metric in (m.blrp_to_ot, m.relevance_mass_accuracy, m.relevance_rank_accuracy, m.pointing_game):
+        with pytest.raises(ExplainError, match=match) as error:
+            metric(relevance, mask(lesion))
+        assert "\n" not in str(error.value)
+    evidence = np.zeros_like(relevance)
+    evidence[0, 0, 0, 0] = 3
+    with pytest.raises(ExplainError, match="evidence must be a bool or 0/1 mask"):
+        m.evidence_mass_accuracy(relevance, evidence)
+    with pytest.raises(ExplainError, match="relevance must be one case's"):
+        m.relevance_mass_accuracy(relevance[None], lesion)
+
+
+def test_tied_scores_count_with_their_expected_share():
+    _, lesion = _case()  # 8 of 144 voxels
+    flat = np.zeros((2, 4, 6, 6))
+    assert m.pointing_game(flat, lesion) == pytest.approx(8 / 144)
+    assert m.relevance_rank_accuracy(flat, lesion) == pytest.approx(8 / 144)
+    flat[0, 0, 0, 0] = 1.0  # one sure miss, then 7 picks among the 143 tied voxels (8 in the lesion)
+    assert m.relevance_rank_accuracy(flat, lesion) == pytest.approx(7 * 8 / 143 / 8)
