@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.errors import ParameterError
 from tracking.locks import sqlite_lock
+from tracking.stores import prepare_sqlite
 
 HEARTBEAT_S = 10
 """Seconds between two heartbeats of a running trial (RDB storages)."""
@@ -108,6 +109,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             path = _journal_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        prepare_sqlite(url, lambda building: optuna.storages.RDBStorage(building).engine.dispose())
         with sqlite_lock(url):  # concurrent first creation of the tables fails
             return _experimental(optuna.storages.RDBStorage, url, heartbeat_interval=HEARTBEAT_S,
                                  grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry,
