@@ -128,7 +128,7 @@ def reference_lrp_sweep(model: nn.Module, x: Tensor, filters: Sequence[Relevance
     factors = tuple(float(f) for f in concat_factors)
     if len(factors) != 3:
         raise ExplainError(f"concat_factors must be three numbers (deepest skip first), got {list(concat_factors)}")
-    low, high = (float(b) for b in bounds)
+    low, high = (float(b) for b in bounds) if len(bounds) == 2 else (1.0, 0.0)
     if not low < high:
         raise ExplainError(f"bounds must be (low, high) with low < high, got {list(bounds)}")
     if not isinstance(x, Tensor) or x.dim() != 5 or not x.is_floating_point():

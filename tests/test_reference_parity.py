@@ -227,6 +227,8 @@ def test_only_the_study_architecture_is_explained():
         reference_lrp(reference, x, first_layer="signed")
     with pytest.raises(ExplainError, match="concat_factors must be three"):
         reference_lrp(reference, x, concat_factors=(0.5, 0.5))
+    with pytest.raises(ExplainError, match="bounds must be"):
+        reference_lrp(reference, x, bounds=(0.0,))
 
 
 def test_checkpoint_errors_name_the_file_and_the_fix(tmp_path):
