@@ -5,6 +5,7 @@ the rest of strokelens except the explainable layers of :mod:`explain`, and rais
 :class:`models.errors.ModelError`.
 """
 
+from models.reference import from_reference_checkpoint
 from models.registry import available, build, build_from_config, parameter_count
 
-__all__ = ["available", "build", "build_from_config", "parameter_count"]
+__all__ = ["available", "build", "build_from_config", "from_reference_checkpoint", "parameter_count"]

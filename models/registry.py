@@ -13,6 +13,7 @@ from torch import nn
 
 from models.errors import ModelParameterError
 from models.networks import SegResNet3D, UNet3D
+from models.reference import ReferenceUNet3D
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ REGISTRY: dict[str, Architecture] = {
     "attention_unet3d": Architecture(UNet3D, {"attention": True},
                                      "U-Net with attention-gated skips (multiplicative gates)"),
     "segresnet3d": Architecture(SegResNet3D, {}, "SegResNet-like residual encoder-decoder with BatchNorm"),
+    ReferenceUNet3D.NAME: Architecture(ReferenceUNet3D, {}, "the study's own UNet3D, module for module (its LRP)",
+                                       ("width", "features")),
 }
 
 
