@@ -60,7 +60,7 @@ def units(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         if any(name.startswith(prefix) for prefix in inside):
             continue
         if is_gate(module):
-            inside.append(name + ".")
+            inside.append(name + "." if name else "")  # the model itself may be a gate
             yield name, module
         elif not list(module.children()):
             yield name, module

@@ -59,12 +59,13 @@ class Rule:
         name: for messages.
         filterable: whether a layer filter (:mod:`explain.filters`) acts on this rule's output
             relevance; False for rules that only route relevance (Pass, SignalTakesAll).
-        conservation: ``exact``, ``bias`` or ``none`` (module docstring).
+        conservation: ``exact``, ``bias`` or ``none`` (:mod:`explain.rules`); a rule claims nothing unless
+            it says so.
     """
 
     name: ClassVar[str] = "rule"
     filterable: ClassVar[bool] = True
-    conservation: ClassVar[str] = "exact"
+    conservation: ClassVar[str] = "none"
 
     def relevance(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance: Tensor,
                   cache: dict) -> tuple[Tensor | None, ...]:
@@ -146,6 +147,7 @@ class Pass(Rule):
 
     name = "pass"
     filterable = False
+    conservation = "exact"
 
     def relevance(self, module, inputs, output, relevance, cache):
         return (relevance,) + (None,) * (len(inputs) - 1)
@@ -155,6 +157,7 @@ class Norm(Rule):
     """Sums: ``R_k = x_k / stab(Σ_k x_k) · R`` (residual additions split proportionally)."""
 
     name = "norm"
+    conservation = "exact"
 
     def __init__(self, epsilon: float = 1e-9):
         self.epsilon = epsilon
@@ -174,6 +177,7 @@ class SignalTakesAll(Rule):
 
     name = "signal_takes_all"
     filterable = False
+    conservation = "exact"
 
     def relevance(self, module, inputs, output, relevance, cache):
         return (relevance,) + (None,) * (len(inputs) - 1)

@@ -45,6 +45,7 @@ class ZBox(LinearRule):
     """
 
     name = "zbox"
+    conservation = "exact"
 
     def __init__(self, low: float = 0.0, high: float = 1.0, study_published: bool = False, epsilon: float = 1e-9):
         self.low, self.high, self.study_published = low, high, study_published
@@ -66,6 +67,7 @@ class Flat(LinearRule):
     """
 
     name = "flat"
+    conservation = "exact"
 
     def __init__(self, epsilon: float = 1e-9):
         super().__init__([(1.0, [Term(1.0, lambda x: data_mask(x).expand_as(x), torch.ones_like, no_bias)])],
@@ -76,6 +78,7 @@ class WSquare(LinearRule):
     """LRP-w²: relevance in proportion to squared weights (inputs 1); conservation ``exact``."""
 
     name = "wsquare"
+    conservation = "exact"
 
     def __init__(self, epsilon: float = 1e-9):
         super().__init__([(1.0, [Term(1.0, torch.ones_like, lambda w: w * w, no_bias)])], epsilon)

@@ -95,6 +95,7 @@ class ZPlus(SignSplitRule):
     """
 
     name = "zplus"
+    conservation = "exact"
 
     def coefficients(self, z0, b, bias):
         z_plus = (z0 + b) / 2
