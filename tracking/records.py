@@ -1,7 +1,8 @@
 """Reading the runs of a study back from MLflow as plain records (what the report and evaluate use).
 
 The run structure is the one :mod:`tracking.runs` writes: runs are found by their tags
-``strokelens.kind`` and ``strokelens.study``, never by name.
+``strokelens.kind`` and ``strokelens.study``, never by name. :func:`search_run_of` and
+:func:`download_split` bring back the split a model's search logged.
 """
 
 from __future__ import annotations
