@@ -1,4 +1,4 @@
-"""What every entry point shares: one-line errors and a non-zero exit instead of tracebacks."""
+"""What every entry point shares: one-line errors instead of tracebacks, list and case flags, the search's flags."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.errors import USER_ERRORS, DataWarning, StrokelensError
 
@@ -18,6 +19,9 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise Terminated()
+
+if TYPE_CHECKING:
+    from benchmark.training.search import SearchSettings
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -142,7 +146,7 @@ def add_search_arguments(parser: argparse.ArgumentParser, data: bool = True, see
                         help="folder for per-epoch checkpoints and each study's split.json")
 
 
-def search_settings(args: argparse.Namespace):
+def search_settings(args: argparse.Namespace) -> SearchSettings:
     """Validated :class:`~benchmark.training.search.SearchSettings` from the flags, before any run."""
     from benchmark.data.defaults import DEFAULT_DATA
     from benchmark.training.loop import resolve_device

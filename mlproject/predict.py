@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmark.stages.predict import DEFAULT_MODEL, predict
+from benchmark.stages.predict import DEFAULT_MODEL, predict_cases
 from mlproject._cli import ArgumentParser, run
 
 
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder for the NIfTI outputs")
     parser.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
     args = parser.parse_args(argv)
-    print(predict(args.input, args.output, args.model, args.threshold).line())
+    print(predict_cases(args.input, args.output, args.model, args.threshold).line())
     return 0
 
 

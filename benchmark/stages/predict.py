@@ -41,7 +41,7 @@ class PredictionResult:
                 f"provider {self.provider})")
 
 
-def predict(input: str | Path, output: str | Path, model: str = DEFAULT_MODEL,
+def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MODEL,
             threshold: float = 0.5) -> PredictionResult:
     """Predict every case of ``input`` into ``output`` (see the module docstring).
 

@@ -44,6 +44,7 @@ from benchmark.training.studies import (
     quiet_interrupts,
     recover,
     retry_of,
+    storage_kind,
     study_lock,
     worker_alive,
     worker_identity,
@@ -104,6 +105,7 @@ class SearchSettings:
             raise ParameterError(f"epochs must be at least 1 (got {self.epochs})")
         if not self.study:
             raise ParameterError("study must be a non-empty name")
+        storage_kind(self.storage)  # a storage that is no URL is refused before anything is touched
 
 
 @dataclass
