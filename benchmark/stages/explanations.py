@@ -143,6 +143,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         folder = Path(split.data)
     else:
         folder = ensure_default_data(DEFAULT_DATA)[0]
+    if isinstance(cases, str):
+        cases = [cases]
     refs = _chosen_cases(folder, cases if isinstance(cases, int) else list(cases), config.modalities, split)
     network = load_model(checkpoint)
     loaded = [(read_case(r), r) for r in refs]
