@@ -1,4 +1,4 @@
-"""What every entry point shares: one-line errors and a non-zero exit instead of tracebacks."""
+"""What every entry point shares: one-line errors instead of tracebacks, list and case flags, the search's flags."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.errors import USER_ERRORS, DataWarning, StrokelensError
 
@@ -18,6 +19,9 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise Terminated()
+
+if TYPE_CHECKING:
+    from benchmark.training.search import SearchSettings
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -78,14 +82,83 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def method_list(text: str) -> list[str] | None:
+    """``'all'`` or empty → None (every method), else the comma list."""
+    return None if text.strip() in ("", "all") else split_list(text)
+
+
+def case_spec(text: str) -> int | list[str]:
+    """``'2'`` → 2 (how many validation cases), ``'training_1,training_4'`` → those case ids."""
+    return int(text) if text.strip().isdigit() else split_list(text)
+
+
 def add_experiment_argument(parser: argparse.ArgumentParser) -> None:
     """``--experiment``: empty means the project run's experiment under ``mlflow run``, else ``strokelens``."""
     parser.add_argument("--experiment", default="", help="MLflow experiment (default: the project run's "
                         "under mlflow run, else strokelens)")
 
 
-def experiment_of(args: argparse.Namespace) -> str:
-    """The experiment ``--experiment`` names, resolved (see :func:`add_experiment_argument`)."""
-    from tracking.runs import default_experiment
+def auto_int(text: str) -> int | None:
+    """Argparse type: ``auto`` → None (the profile decides), else an integer."""
+    if text.strip().lower() in ("auto", ""):
+        return None
+    try:
+        return int(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither an integer nor auto") from exc
 
-    return args.experiment or default_experiment()
+
+def add_search_arguments(parser: argparse.ArgumentParser, data: bool = True, seed: bool = True) -> None:
+    """The search's flags (one per MLproject parameter of ``train``); ``auto`` means the profile's value."""
+    from benchmark.data.defaults import DEFAULT_DATA
+    from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
+    from benchmark.training.profiles import PROFILES
+    from benchmark.training.search import DEFAULT_CHECKPOINTS
+    from models.registry import available
+
+    if data:
+        parser.add_argument("--data", default="", help=f"data folder; empty: the synthetic default ({DEFAULT_DATA})")
+    parser.add_argument("--trials", type=auto_int, default=None,
+                        help="trials to add to the study (default auto: the profile's)")
+    parser.add_argument("--epochs", type=auto_int, default=None,
+                        help="maximum epochs per trial (default auto: the profile's)")
+    parser.add_argument("--study", default="strokelens", help="Optuna study name; the same name resumes")
+    parser.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL")
+    add_experiment_argument(parser)
+    if seed:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES)}")
+    parser.add_argument("--architectures", default="",
+                        help=f"comma list to search (default: the profile's; known: {', '.join(available())})")
+    parser.add_argument("--widths", default="", help="comma list of width multipliers (default: the profile's)")
+    parser.add_argument("--time-budget", type=float, default=-1,
+                        help="seconds after which no new trial or epoch starts (-1: profile's, 0: none)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="fraction of the labelled cases held out for validation when a new study is split "
+                        "(a study keeps its split.json)")
+    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
+                        help="random seed of a new study's split (independent of --seed)")
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the best trials")
+    parser.add_argument("--top-k", type=int, default=1, help="export the k best trials of the study (the best "
+                        "becomes the champion)")
+    parser.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS),
+                        help="folder for per-epoch checkpoints and each study's split.json")
+
+
+def search_settings(args: argparse.Namespace) -> SearchSettings:
+    """Validated :class:`~benchmark.training.search.SearchSettings` from the flags, before any run."""
+    from benchmark.data.defaults import DEFAULT_DATA
+    from benchmark.training.loop import resolve_device
+    from benchmark.training.profiles import resolve_profile, restrict
+    from benchmark.training.search import SearchSettings
+
+    profile = restrict(resolve_profile(args.profile, resolve_device(args.device)),
+                       split_list(args.architectures), split_list(args.widths))
+    return SearchSettings(data=Path(args.data) if args.data else DEFAULT_DATA,
+                          trials=profile.trials if args.trials is None else args.trials,
+                          epochs=profile.epochs if args.epochs is None else args.epochs,
+                          study=args.study, storage=args.storage, experiment=args.experiment, seed=args.seed,
+                          device=args.device, profile=profile, checkpoints=Path(args.checkpoints),
+                          time_budget=profile.time_budget if args.time_budget < 0 else (args.time_budget or None),
+                          val_fraction=args.val_fraction, split_seed=args.split_seed)

@@ -41,3 +41,27 @@ def test_mlflow_run_train_entry_point(isles_dir, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("slow").experiment_id])
     reports = [r for r in runs if r.data.tags.get("strokelens.kind") == "report"]
     assert [r.data.tags.get("strokelens.study") for r in reports] == ["slow"]
+
+
+def test_under_mlflow_run_the_search_is_the_project_run_and_exports_get_their_own(isles_dir, tmp_path):
+    """What `mlflow run . -e train` hands the command: MLFLOW_RUN_ID of a run it made (here made by hand)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    project = client.create_run(client.create_experiment("proj"), run_name="mlflow-run-made-this")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": project.info.run_id, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "mlproject.train", "--data", str(isles_dir), "--trials", "1",
+                             "--epochs", "1", "--study", "p", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+                             "--device", "cpu", "--architectures", "segresnet3d", "--widths", "0.0625",
+                             "--experiment", ""], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {r.info.run_id: r for r in client.search_runs([project.info.experiment_id])}
+    searched = runs[project.info.run_id]
+    assert searched.data.tags["strokelens.kind"] == "search" and searched.data.tags["mlflow.runName"] == "search-p"
+    assert searched.info.status == "FINISHED" and "split.json" in {a.path for a in client.list_artifacts(
+        project.info.run_id)}
+    exports = [r for r in runs.values() if r.data.tags.get("strokelens.kind") == "export"]
+    assert len(exports) == 1 and exports[0].info.run_id != project.info.run_id
+    assert not exports[0].data.tags.get("mlflow.parentRunId")
+    trials = [r for r in runs.values() if r.data.tags.get("strokelens.kind") == "trial"]
+    assert [t.data.tags["mlflow.parentRunId"] for t in trials] == [project.info.run_id]
+    assert client.get_experiment_by_name("strokelens") is None  # nothing went to the default experiment

@@ -1,7 +1,8 @@
 """Reading the runs of a study back from MLflow as plain records (what the report and evaluate use).
 
 The run structure is the one :mod:`tracking.runs` writes: runs are found by their tags
-``strokelens.kind`` and ``strokelens.study``, never by name.
+``strokelens.kind`` and ``strokelens.study``, never by name. :func:`search_run_of` and
+:func:`download_split` bring back the split a model's search logged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tracking.runs import (
     CASES_TABLE,
     CHECKPOINT_ARTIFACT,
     DEFAULT_EXPERIMENT,
+    SPLIT_ARTIFACT,
     STATE_COMPLETE,
     STATE_PRUNED,
     TAG_ARCHITECTURE,
@@ -152,3 +154,33 @@ def best_trial_per_architecture(trials: list[RunRecord]) -> dict[str, RunRecord]
         if held is None or key > (rank[held.state], held.metric("best_val_dice")):
             best[trial.architecture] = trial
     return dict(sorted(best.items()))
+
+
+def download_split(run_id: str, destination: Path) -> Path | None:
+    """A run's :data:`SPLIT_ARTIFACT` copied under ``destination``, or None when it has none."""
+    import mlflow.artifacts
+
+    try:
+        if SPLIT_ARTIFACT not in {f.path for f in MlflowClient(tracking_uri()).list_artifacts(run_id)}:
+            return None
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SPLIT_ARTIFACT,
+                                                        dst_path=str(destination), tracking_uri=tracking_uri()))
+    except Exception:
+        return None
+
+
+def search_run_of(run_id: str | None) -> str | None:
+    """The search run a model belongs to: a trial's parent (an export run leads to its trial first), or None."""
+    client = MlflowClient(tracking_uri())
+    for _ in range(3):  # export → trial → search
+        if not run_id:
+            return None
+        try:
+            tags = client.get_run(run_id).data.tags
+        except Exception:
+            return None
+        kind = tags.get(TAG_KIND)
+        if kind == "search":
+            return run_id
+        run_id = tags.get("mlflow.parentRunId") if kind == "trial" else tags.get(TAG_MODEL_RUN)
+    return None

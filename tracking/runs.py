@@ -1,17 +1,23 @@
 """MLflow conventions: store, experiment, run names, tags, and what each run logs.
 
-This is the only module that knows MLflow's names and the run structure:
+This is the only module that knows MLflow's names and the run structure (trained and registered
+models are :mod:`tracking.model_registry`'s):
 
 * store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` (the file store is
   refused by MLflow 3). The database is created under a file lock before any worker uses it,
   because concurrent first migrations crash.
-* inside ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's run is the parent and its
-  experiment is used; elsewhere the experiment is the ``experiment`` argument.
+* inside ``mlflow run`` the project's run (``MLFLOW_RUN_ID``) is taken once, at the first
+  :func:`setup` or :func:`default_experiment`: the first stage run of the process in its
+  experiment *is* that run (``mlflow run . -e train`` shows the search as the project's run);
+  every later stage run (the exports, evaluation, explanation and report of ``mlflow run .``) is
+  a run of its own in that experiment. An empty ``experiment`` means the project run's
+  experiment under ``mlflow run``, else :data:`DEFAULT_EXPERIMENT`.
 * a search is one parent run (``search-<study>``, tag ``strokelens.kind=search``) with one
   nested child run per Optuna trial (``trial-<NNN>-<architecture>``, ``strokelens.kind=trial``,
-  ``strokelens.state`` = complete / pruned / failed).
+  ``strokelens.state`` = complete / pruned / failed); it logs the study's split as
+  :data:`SPLIT_ARTIFACT` and as an MLflow dataset input whose digest is the split's.
 * ``export-<run>`` (kind ``export``) holds an ONNX model; ``evaluate-<study>`` (kind
-  ``evaluate``) has one nested ``evaluation-<architecture>`` and one ``baseline-<rule>`` run;
+  ``evaluate``) has one nested ``evaluation-<architecture>`` and one ``clinical-rule-<rule>`` run;
   ``explain-<run>`` (kind ``explain``) has one nested ``<method>-<filter>`` run (kind
   ``explanation``); ``report-<study>`` (kind ``report``) holds the leaderboard. Runs of a study
   carry ``strokelens.study``; evaluations and explanations name their trial in
@@ -21,11 +27,12 @@ This is the only module that knows MLflow's names and the run structure:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -45,6 +52,8 @@ TAG_ARCHITECTURE = "strokelens.architecture"
 TAG_PROFILE = "strokelens.profile"
 TAG_BEST_RUN = "strokelens.best_trial_run"
 TAG_MODEL_RUN = "strokelens.model_run"
+TAG_SPLIT = "strokelens.split"
+"""The digest of the split a search, evaluation, explanation or export used."""
 
 STATE_COMPLETE, STATE_PRUNED, STATE_FAILED = "complete", "pruned", "failed"
 
@@ -52,6 +61,21 @@ CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 """Where a trial run keeps its best weights (state_dict + build config, ``weights_only``)."""
 PREPROCESS_ARTIFACT = "checkpoint/preprocess.json"
 """The preprocessing settings the weights expect."""
+SPLIT_ARTIFACT = "split.json"
+"""Where a search run keeps its study's train/validation split."""
+
+
+@dataclass
+class _Session:
+    """What this process knows: the experiment it logs to and the run ``mlflow run`` started for it."""
+
+    experiment_id: str | None = None
+    project_run: str | None = None
+    project_experiment: str | None = None
+    project_run_adopted: bool = False
+
+
+_SESSION = _Session()
 
 
 def tracking_uri() -> str:
@@ -59,8 +83,30 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+def _take_project_run() -> _Session:
+    """Take ``MLFLOW_RUN_ID`` (set by ``mlflow run``) into the session, once.
+
+    It is removed from the environment: MLflow's ``start_run`` would otherwise resume that run for
+    whatever run is started next, nested ones included. Which stage run adopts it is decided in
+    :func:`_stage_run`.
+    """
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if run_id and run_id != _SESSION.project_run:
+        try:
+            experiment_id = MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id
+        except Exception as exc:
+            raise TrackingError(f"the run {run_id} that mlflow run started is not in the store '{tracking_uri()}' "
+                                 f"({type(exc).__name__}): set MLFLOW_TRACKING_URI to the store mlflow run "
+                                 "uses") from exc
+        _SESSION.project_run, _SESSION.project_experiment, _SESSION.project_run_adopted = run_id, experiment_id, False
+    return _SESSION
+
+
+def setup(experiment: str = "") -> str:
     """Point MLflow at the store, create it and the experiment once; returns the experiment id.
+
+    Args:
+        experiment: the experiment's name; empty: :func:`default_experiment`.
 
     Raises:
         TrackingError: the store cannot be opened.
@@ -73,25 +119,26 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     try:
         with sqlite_lock(uri):
             client = MlflowClient(uri)
+            experiment = experiment or default_experiment()
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    except TrackingError:
+        raise
     except Exception as exc:
         raise TrackingError(f"cannot open the MLflow store '{uri}' ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}): set MLFLOW_TRACKING_URI "
                              "to a reachable store, e.g. sqlite:///mlflow.db") from exc
-    project_run = os.environ.get("MLFLOW_RUN_ID")
-    if project_run:  # inside `mlflow run`: its run becomes the parent, in its experiment
-        experiment_id = MlflowClient(uri).get_run(project_run).info.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
+    _SESSION.experiment_id = experiment_id
     return experiment_id
 
 
 def default_experiment() -> str:
     """Under ``mlflow run`` the project run's experiment (where its stages log), else ``strokelens``."""
-    project_run = os.environ.get("MLFLOW_RUN_ID")
-    if project_run:
+    session = _take_project_run()
+    if session.project_experiment:
         try:
-            return experiment_name(MlflowClient(tracking_uri()).get_run(project_run).info.experiment_id)
+            return experiment_name(session.project_experiment)
         except Exception:
             return DEFAULT_EXPERIMENT
     return DEFAULT_EXPERIMENT
@@ -121,11 +168,17 @@ def search_run(study: str, params: dict, profile: str) -> Iterator[mlflow.Active
 
 @contextlib.contextmanager
 def _stage_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflow.ActiveRun]:
-    """A top-level run of one pipeline stage (search, explain, export); FAILED if the block raises.
+    """A top-level run of one pipeline stage; FAILED if the block raises.
 
-    The name is also set as a tag, so a run that ``mlflow run`` started for the stage gets it too.
+    The first stage run in the project run's experiment adopts the run ``mlflow run`` started
+    (:func:`_take_project_run`); the name is also set as a tag, so that run gets it too.
     """
-    with mlflow.start_run(run_name=name) as run:
+    session = _take_project_run()
+    adopt = (session.project_run is not None and not session.project_run_adopted
+             and session.project_experiment == session.experiment_id)
+    if adopt:
+        session.project_run_adopted = True
+    with mlflow.start_run(run_id=session.project_run if adopt else None, run_name=None if adopt else name) as run:
         mlflow.set_tags({TAG_KIND: kind, "mlflow.runName": name, **tags})
         log_params_once(params)
         yield run
@@ -201,6 +254,28 @@ def log_best_trial(run_id: str, number: int, params: dict, metrics: dict) -> Non
                     "best_trial.json")
 
 
+def log_split(split_file: Path, rows: list[dict], digest: str, name: str, source: Path) -> None:
+    """Log a study's split on the active (search) run: the file and an MLflow dataset input.
+
+    Args:
+        split_file: the ``split.json`` to log as :data:`SPLIT_ARTIFACT`.
+        rows: one row per case (case, side, digest): the dataset's table.
+        digest: the split's digest, the dataset's digest (at most 36 characters, MLflow's limit).
+        name: the dataset's name (the data folder's).
+        source: the data folder, the dataset's source.
+    """
+    import mlflow.data
+    import pandas as pd
+
+    mlflow.log_artifact(str(split_file))
+    mlflow.set_tag(TAG_SPLIT, digest)
+    with warnings.catch_warnings():  # a local path matches two registered source classes, both the same
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=Path(source).resolve().as_uri(), name=name,
+                                          digest=digest)
+    mlflow.log_input(dataset, context="training", tags={TAG_SPLIT: digest})
+
+
 def best_epoch_metrics(run_id: str) -> dict:
     """A trial run's validation metrics at its best epoch, its parameter count and seconds per epoch."""
     client = MlflowClient(tracking_uri())
@@ -214,83 +289,6 @@ def best_epoch_metrics(run_id: str) -> dict:
     out["param_count"] = run.data.metrics.get("param_count", float("nan"))
     out["seconds_per_epoch"] = run.data.metrics.get("seconds_per_epoch", float("nan"))
     return out
-
-
-def latest_best_trial_run(experiment: str = DEFAULT_EXPERIMENT) -> str | None:
-    """The run id of the best trial recorded by the latest finished search, or None."""
-    client = MlflowClient(tracking_uri())
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = 'search'",
-                              order_by=["attributes.start_time DESC"], max_results=20)
-    for run in runs:
-        best = run.data.tags.get(TAG_BEST_RUN)
-        if best:
-            return best
-    return None
-
-
-def dumps(value) -> str:
-    """JSON for a tag or parameter value."""
-    return json.dumps(value, sort_keys=True)
-
-
-def resolve_model(reference: str, experiment: str = DEFAULT_EXPERIMENT) -> tuple[Path, dict | None, str | None]:
-    """Find a trained model's checkpoint from what a user gives.
-
-    Args:
-        reference: ``""`` (the best trial of the latest search), an MLflow run id or
-            ``runs:/<id>``, ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (the
-            version's source run), or a path to a ``.pt`` checkpoint (``preprocess.json`` beside
-            it is used when present).
-        experiment: where to look for the latest search.
-
-    Returns:
-        (local checkpoint path, preprocessing settings or None, run id or None).
-
-    Raises:
-        TrackingError: the reference does not resolve.
-    """
-    import mlflow.artifacts
-
-    client = MlflowClient(tracking_uri())
-    path = Path(reference)
-    if reference and (path.suffix == ".pt" or path.exists()):
-        if not path.is_file():
-            raise TrackingError(f"model checkpoint '{reference}' does not exist: give a .pt written by training")
-        sidecar = path.with_name("preprocess.json")
-        return path, json.loads(sidecar.read_text()) if sidecar.is_file() else None, None
-    run_id = reference
-    try:
-        if not reference:
-            run_id = latest_best_trial_run(experiment)
-            if run_id is None:
-                raise TrackingError(f"no finished search in MLflow experiment '{experiment}' ({tracking_uri()}): "
-                                     "run mlflow run . -e train first or pass model=<run id | models:/… | .pt>")
-        elif reference.startswith("runs:/"):
-            run_id = reference[len("runs:/"):].split("/")[0]
-        elif reference.startswith("models:/"):
-            spec = reference[len("models:/"):]
-            if "@" in spec:
-                name, alias = spec.split("@", 1)
-                run_id = client.get_model_version_by_alias(name, alias).run_id
-            else:
-                name, version = spec.rsplit("/", 1)
-                run_id = client.get_model_version(name, version).run_id
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
-                                                          tracking_uri=tracking_uri()))
-    except TrackingError:
-        raise
-    except Exception as exc:
-        raise TrackingError(f"model '{reference or run_id}' does not resolve ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}): give a run id with a checkpoint, "
-                             "a models:/ URI or a .pt path") from exc
-    checkpoint = folder / Path(CHECKPOINT_ARTIFACT).name
-    if not checkpoint.is_file():
-        raise TrackingError(f"run {run_id} has no {CHECKPOINT_ARTIFACT}: give a trial run of a search")
-    preprocess = folder / Path(PREPROCESS_ARTIFACT).name
-    return checkpoint, json.loads(preprocess.read_text()) if preprocess.is_file() else None, run_id
 
 
 @contextlib.contextmanager
@@ -314,79 +312,6 @@ def log_artifacts(paths: list[Path], folder: str) -> None:
     """Log files under an artifact folder of the active run."""
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path=folder)
-
-
-REGISTERED_MODEL = "strokelens-segmenter"
-CHAMPION_ALIAS = "champion"
-ONNX_ARTIFACT = "onnx-model"
-
-
-def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool = True,
-                   champion: bool = True) -> tuple[str, str | None]:
-    """Log an exported model with ``mlflow.onnx.log_model``, register it, and make it the champion.
-
-    The signature takes (-1, C, -1, -1, -1) float32 ``image`` and gives (-1, 2, -1, -1, -1)
-    ``logits``; execution providers are CUDA then CPU; the preprocessing JSON travels inside the
-    MLflow model (``extra_files``). The alias ``champion`` moves to the new version.
-
-    Returns:
-        (the logged model's URI, the registered version or None).
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    import mlflow.onnx
-    import numpy as np
-    import onnx
-    import onnxruntime
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    # MLflow's input-example check opens a CUDA session; on a machine without a CUDA device the
-    # missing CUDA library is no error of the user's (with one, a real failure stays visible)
-    onnxruntime.set_default_logger_severity(3 if torch.cuda.is_available() else 4)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1, -1), "logits")]))
-    example = {"image": np.zeros((1, channels, 4, 8, 8), np.float32)}
-    requirements = []
-    for package in ("onnxruntime-gpu", "onnx", "numpy"):
-        try:
-            requirements.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    try:
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=ONNX_ARTIFACT, signature=signature,
-                                     input_example=example, pip_requirements=requirements,
-                                     onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                     extra_files=[str(sidecar)], save_as_external_data=False)
-    finally:
-        onnxruntime.set_default_logger_severity(3)
-    mlflow.log_artifact(str(sidecar), artifact_path="onnx")
-    if not register:
-        return info.model_uri, None
-    registered = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
-    if champion:
-        MlflowClient(tracking_uri()).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
-    return info.model_uri, str(registered.version)
-
-
-def download_onnx_model(uri: str) -> tuple[Path, Path]:
-    """(model.onnx, its preprocessing JSON) of a ``models:/`` URI, or a :class:`TrackingError`."""
-    import mlflow.artifacts
-
-    try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri()))
-    except Exception as exc:
-        raise TrackingError(f"model '{uri}' does not resolve ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}): export a model first "
-                             "(mlflow run . -e export) or give an .onnx path") from exc
-    onnx_files = sorted(folder.rglob("*.onnx"))
-    sidecars = [p for p in folder.rglob("*.json") if '"strokelens-onnx/1"' in p.read_text()]
-    if not onnx_files or not sidecars:
-        raise TrackingError(f"model '{uri}' holds no ONNX file with its preprocessing JSON: export it with "
-                             "mlproject.export")
-    return onnx_files[0], sidecars[0]
 
 
 @contextlib.contextmanager

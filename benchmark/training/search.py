@@ -5,6 +5,11 @@ The objective follows Optuna's pattern: :func:`suggest_hparams` is the only plac
 trains it with :func:`benchmark.training.loop.fit`, reports validation Dice each epoch and raises
 ``TrialPruned`` when the pruner says so. Models never import Optuna.
 
+The train/validation split is made once per study (:mod:`benchmark.data.splits`) and saved
+as ``<checkpoints>/<study>/split.json`` and in every search run of the study (an artifact and an
+MLflow dataset input); a search that resumes the study reads it back (the local file, else the
+newest search run in MLflow that logged one) and refuses data that changed since.
+
 Studies live in ``storage`` (``sqlite:///optuna.db`` on one host; ``postgresql://…`` or
 ``journal:///…`` for many, see :mod:`benchmark.training.studies`). Running the same command again
 adds ``trials`` more trials to the same study; a trial that was interrupted (Ctrl-C, SIGTERM),
@@ -16,6 +21,7 @@ checkpoint (stored relative to the study's checkpoint root, so another folder or
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from benchmark.data.cases import CaseRef, discover
 from benchmark.data.preprocessing import PreprocessCache, PreprocessConfig
-from benchmark.errors import DataError, ParameterError
+from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_FILE, Split, make_split
+from benchmark.errors import ParameterError
 from benchmark.figures import overlay_figures
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
@@ -38,6 +44,7 @@ from benchmark.training.studies import (
     quiet_interrupts,
     recover,
     retry_of,
+    storage_kind,
     study_lock,
     worker_alive,
     worker_identity,
@@ -45,6 +52,10 @@ from benchmark.training.studies import (
 from models.registry import build, parameter_count
 from tracking import recovery
 from tracking import runs as tracking
+from tracking.records import Store, download_split
+
+DEFAULT_CHECKPOINTS = Path("checkpoints")
+"""Where searches keep per-epoch checkpoints and each study's split (``<checkpoints>/<study>/``)."""
 
 
 def suggest_hparams(trial: optuna.Trial, profile: Profile) -> dict:
@@ -63,18 +74,6 @@ def suggest_hparams(trial: optuna.Trial, profile: Profile) -> dict:
     }
 
 
-def split_cases(refs: list[CaseRef], val_fraction: float = 0.25, seed: int = 0
-                ) -> tuple[list[CaseRef], list[CaseRef]]:
-    """A fixed train/validation split (the same for every trial of a study)."""
-    if len(refs) < 2:
-        raise DataError(f"a search needs at least 2 labelled cases, the data has {len(refs)}: "
-                        "add cases or generate synthetic data with mlproject.synth")
-    order = np.random.default_rng(seed).permutation(len(refs))
-    n_val = min(len(refs) - 1, max(1, round(len(refs) * val_fraction)))
-    val = sorted(order[:n_val])
-    return [refs[i] for i in sorted(order[n_val:])], [refs[i] for i in val]
-
-
 @dataclass
 class SearchSettings:
     """Everything one search invocation needs (each field is one CLI flag)."""
@@ -89,17 +88,24 @@ class SearchSettings:
     device: str
     profile: Profile
     time_budget: float | None = None
-    checkpoints: Path = Path("checkpoints")
+    checkpoints: Path = DEFAULT_CHECKPOINTS
     cache: Path | None = Path(".cache") / "preprocessed"
     progress: bool = True
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    """Fraction of the labelled cases on the validation side (used when the study's split is made)."""
+    split_seed: int = DEFAULT_SPLIT_SEED
+    """Random seed of the split, independent of ``seed`` so that every worker of a study agrees."""
 
     def __post_init__(self):
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ParameterError(f"val-fraction must lie inside (0, 1) (got {self.val_fraction})")
         if self.trials < 1:
             raise ParameterError(f"trials must be at least 1 (got {self.trials})")
         if self.epochs < 1:
             raise ParameterError(f"epochs must be at least 1 (got {self.epochs})")
         if not self.study:
             raise ParameterError("study must be a non-empty name")
+        storage_kind(self.storage)  # a storage that is no URL is refused before anything is touched
 
 
 @dataclass
@@ -116,6 +122,9 @@ class SearchResult:
     """MLflow runs of the study's complete trials, best first (what top-k export takes)."""
     experiment: str = ""
     """The MLflow experiment that holds the search (under ``mlflow run``, the project run's)."""
+    split: Split | None = None
+    """The study's train/validation split, as saved in ``split_file`` and logged to the search run."""
+    split_file: Path | None = None
 
 
 def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.Study:
@@ -264,24 +273,74 @@ class Objective:
         tracking.log_figures(figures)
 
 
+def split_file(checkpoints: str | Path, study: str) -> Path:
+    """Where a study's split lies beside its checkpoints: ``<checkpoints>/<study>/split.json``."""
+    return Path(checkpoints) / study / SPLIT_FILE
+
+
+def logged_split(search_run: str) -> Split | None:
+    """The split a search run logged to MLflow, or None when it logged none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_split(search_run, Path(tmp))
+        return None if path is None else Split.load(path, f"split.json of MLflow run {search_run}")
+
+
+def study_split(study: str, experiment: str, checkpoints: str | Path = DEFAULT_CHECKPOINTS,
+                search_run: str | None = None) -> Split | None:
+    """The split a study's search saved, or None when it saved none.
+
+    Read from MLflow first (``search_run``, else the newest search run of the study in
+    ``experiment`` that logged one), else from ``<checkpoints>/<study>/split.json``.
+    """
+    runs = [search_run] if search_run else [r.run_id for r in Store(experiment).runs("search", study)]
+    for run_id in runs:
+        split = logged_split(run_id)
+        if split is not None:
+            return split
+    path = split_file(checkpoints, study)
+    return Split.load(path) if path.is_file() else None
+
+
+def _the_study_split(s: SearchSettings, experiment: str, modalities: tuple[str, ...]) -> tuple[Split, Path]:
+    """The study's split: the saved one (local, else in MLflow) checked against the settings, else a new one."""
+    path = split_file(s.checkpoints, s.study)
+    split = Split.load(path) if path.is_file() else study_split(s.study, experiment, s.checkpoints)
+    if split is None:
+        split = make_split(s.data, modalities, s.val_fraction, s.split_seed)
+    elif (split.seed, split.val_fraction, split.modalities) != (s.split_seed, s.val_fraction, modalities):
+        raise ParameterError(f"study '{s.study}' was split with val-fraction {split.val_fraction}, split seed "
+                             f"{split.seed} and modalities {','.join(split.modalities)} ({split.source}); a study "
+                             "keeps its split: drop --val-fraction/--split-seed, or use a new --study")
+    if not path.is_file():
+        split.save(path)
+    return split, path
+
+
 def run_search(s: SearchSettings) -> SearchResult:
-    """Run ``s.trials`` trials of the study inside one parent MLflow run."""
+    """Run ``s.trials`` trials of the study inside one parent MLflow run.
+
+    Raises:
+        DataError: the data has too few labelled cases, or changed since the study's split was saved.
+        ParameterError: the study cannot be used, or asks for another split than the saved one.
+    """
     from tqdm import tqdm
 
     device = resolve_device(s.device)
-    refs = discover(s.data, split="train")
-    train_refs, val_refs = split_cases(refs, seed=0)
-    study = open_study(s.study, s.storage, s.seed, s.profile)
     preprocess = PreprocessConfig(grid=s.profile.grid)
+    experiment = tracking.experiment_name(tracking.setup(s.experiment))
+    split, path = _the_study_split(s, experiment, tuple(preprocess.modalities))
+    train_refs, val_refs = split.resolve(s.data)
+    study = open_study(s.study, s.storage, s.seed, s.profile)
     cache = PreprocessCache(preprocess, s.cache)
+    refs = train_refs + val_refs
     cases = [cache.get(r) for r in tqdm(refs, desc="preparing cases", unit="case", disable=not s.progress)]
     by_id = {c.case_id: c for c in cases}
     train = [by_id[r.case_id] for r in train_refs]
     val = [by_id[r.case_id] for r in val_refs]
-    experiment = tracking.experiment_name(tracking.setup(s.experiment))
     params = {"data": str(s.data), "trials": s.trials, "epochs": s.epochs, "study": s.study,
               "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
-              "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid))}
+              "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid)),
+              "val_fraction": split.val_fraction, "split_seed": split.seed}
     check_settings(study, study_settings(s))
     retried = prepare_study(study, s.storage, s.profile, s.checkpoints / s.study)
     dead_runs = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
@@ -289,6 +348,7 @@ def run_search(s: SearchSettings) -> SearchResult:
     recovery.fail_stale_runs(experiment, s.study, lambda worker: worker_alive(worker) is False, tuple(dead_runs))
     with tracking.search_run(s.study, params, s.profile.name) as parent:
         recovery.tag_worker(worker_identity())
+        tracking.log_split(path, split.rows(), split.digest, Path(split.data).name, Path(s.data))
         started = time.monotonic()
         deadline = None if s.time_budget is None else started + s.time_budget
         with quiet_interrupts():
@@ -302,7 +362,8 @@ def run_search(s: SearchSettings) -> SearchResult:
         tracking.log_summary({"search_seconds": search_seconds,
                               **{f"trials_{k}": v for k, v in states.items()}})
         if not finished:
-            return SearchResult(s.study, parent.info.run_id, None, None, {}, states, experiment=experiment)
+            return SearchResult(s.study, parent.info.run_id, None, None, {}, states, experiment=experiment,
+                                split=split, split_file=path)
         best = study.best_trial
         best_run = best.user_attrs.get("mlflow_run_id")
         best_metrics = tracking.best_epoch_metrics(best_run)
@@ -315,7 +376,7 @@ def run_search(s: SearchSettings) -> SearchResult:
         ranked = [t.user_attrs["mlflow_run_id"] for t in sorted(finished, key=lambda t: -t.value)
                   if "mlflow_run_id" in t.user_attrs]
         return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states, ranked,
-                            experiment)
+                            experiment, split, path)
 
 
 def describe(result: SearchResult) -> str:

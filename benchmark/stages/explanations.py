@@ -1,0 +1,206 @@
+"""The explanation stage: explain a trained model by several methods and filters, tracked in MLflow.
+
+One nested MLflow run per method × filter carries its parameters and the metrics averaged over
+cases; per case and method (unfiltered relevance) a relevance NIfTI on the native grid with the
+case's affine (one volume per modality) and a PNG of relevance over a modality slice with the
+lesion contour are logged as artifacts. The parent run keeps ``explanations.csv`` (the means) and
+``cases.csv`` (every case's metrics per method × filter, with the nested run's id).
+
+The cases are the validation side of the split of the search that trained the model (read back,
+never made again; changed data is refused), or case ids given by the caller.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.data.cases import CaseRef, discover, read_case
+from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
+from benchmark.data.nifti import write_volume
+from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
+from benchmark.data.splits import Split
+from benchmark.errors import ParameterError
+from benchmark.figures import lesion_slice, relevance_png
+from benchmark.stages.data import model_split
+from benchmark.training.loop import load_model
+from explain.assessment import explain_case
+from explain.attribution import methods as all_methods
+from explain.filters import parse_filters
+from tracking import model_registry
+from tracking import runs as tracking
+
+HEAVY_CHOICES = ("raw", "all", "none")
+"""Where faithfulness and randomisation (many forward passes) run: raw relevance only, every filter, nowhere."""
+
+
+@dataclass
+class ExplanationResult:
+    """What an explanation logged.
+
+    Attributes:
+        run_id: the parent ``explain`` run.
+        model_run: the trial run explained (None for a checkpoint file).
+        cases: the case ids explained.
+        methods: the methods.
+        filters: the filter names.
+        table: one row per method × filter: its nested ``run_id``, ``method``, ``filter`` and mean metrics.
+        split_digest: the digest of the model's split ("" when the model has none).
+    """
+
+    run_id: str
+    model_run: str | None
+    cases: list[str]
+    methods: list[str]
+    filters: list[str]
+    table: list[dict] = field(default_factory=list)
+    split_digest: str = ""
+
+    def best_unfiltered(self) -> dict | None:
+        """The unfiltered row with the highest evidence mass accuracy (synthetic data), or None."""
+        return max((row for row in self.table if "evidence_mass_accuracy" in row and row["filter"] == "raw"),
+                   key=lambda row: row["evidence_mass_accuracy"], default=None)
+
+    def lines(self) -> list[str]:
+        """The summary lines the command line prints."""
+        lines = [f"explained {len(self.cases)} cases with {len(self.methods)} methods and {len(self.filters)} "
+                 f"filters: {len(self.table)} runs under MLflow run {self.run_id}"]
+        best = self.best_unfiltered()
+        if best is not None:
+            lines.append(f"best evidence mass accuracy without a filter: {best['evidence_mass_accuracy']:.3f} "
+                         f"({best['method']}; the report ranks every method × filter)")
+        return lines
+
+
+def check_methods(names: Sequence[str] | None) -> list[str]:
+    """Method names (None or ``["all"]``: every method), or a ParameterError naming the unknown one."""
+    known = all_methods()
+    chosen = known if not names or list(names) == ["all"] else list(names)
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise ParameterError(f"method '{unknown[0]}' is unknown: choose from {', '.join(known)}")
+    return chosen
+
+
+def _chosen_cases(data: Path, cases: int | Sequence[str], modalities: Sequence[str], split: Split | None
+                  ) -> list[CaseRef]:
+    """``cases`` validation cases of the split (then its training cases), or the cases named (any labelled case)."""
+    if isinstance(cases, int):
+        if cases < 1:
+            raise ParameterError(f"cases must be at least 1 (got {cases})")
+        if split is None:  # a model no search trained: the first labelled cases
+            return discover(data, modalities, split="train", with_evidence=True)[:cases]
+        train, val = split.resolve(data, with_evidence=True)
+        return (val + train)[:cases]
+    by_id = {r.case_id: r for r in discover(data, modalities, split="train", with_evidence=True)}
+    missing = [c for c in cases if c not in by_id]
+    if missing:
+        raise ParameterError(f"case '{missing[0]}' is not a labelled case of '{data}'")
+    return [by_id[c] for c in cases]
+
+
+def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str] | None = None,
+                  filters: Sequence[str] = ("raw",), cases: int | Sequence[str] = 2, experiment: str = "",
+                  heavy: str = "raw", seed: int = 0, split: Split | None = None) -> ExplanationResult:
+    """Explain a model on a few cases with every method × filter, and log it all.
+
+    Args:
+        model: a run id, ``runs:/…``, ``models:/name@alias`` or a ``.pt`` checkpoint; empty: the
+            best trial of the latest search.
+        data: the data folder (default: the one the model's split was made from, else the
+            synthetic default).
+        methods: method names (None: every method).
+        filters: filter or grid names (``raw``, ``pass_A_B``, ``clamp_A_B``, ``post_…``, ``study_sweep``).
+        cases: how many cases (the split's validation cases first), or a list of case ids.
+        experiment: the MLflow experiment (empty: the project run's under ``mlflow run``, else ``strokelens``).
+        heavy: one of :data:`HEAVY_CHOICES`.
+        seed: random seed of the random and smoothgrad baselines and the randomisation test.
+        split: the model's split, when the caller has it (else it is looked up).
+
+    Raises:
+        ParameterError: an unknown method, filter, case or ``heavy``.
+        TrackingError: the model does not resolve.
+        DataError: the data changed since the model's split was saved.
+    """
+    from tqdm import tqdm
+
+    names = check_methods(methods)
+    relevance_filters = parse_filters(list(filters))
+    if heavy not in HEAVY_CHOICES:
+        raise ParameterError(f"heavy '{heavy}' is unknown: choose from {', '.join(HEAVY_CHOICES)}")
+    tracking.setup(experiment)
+    experiment = experiment or tracking.default_experiment()
+    checkpoint, preprocess, model_run = model_registry.resolve_model(model, experiment)
+    config = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
+    split = split or model_split(model_run, checkpoint)
+    if data:
+        folder = Path(data)
+    elif split is not None:
+        folder = Path(split.data)
+    else:
+        folder = ensure_default_data(DEFAULT_DATA)[0]
+    if isinstance(cases, str):
+        cases = [cases]
+    refs = _chosen_cases(folder, cases if isinstance(cases, int) else list(cases), config.modalities, split)
+    network = load_model(checkpoint)
+    loaded = [(read_case(r), r) for r in refs]
+    prepared = [prepare(case, config) for case, _ in loaded]
+    params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
+              "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
+              "split": split.digest if split is not None else ""}
+    result = ExplanationResult("", model_run, [r.case_id for r in refs], names, [f.name for f in relevance_filters],
+                               split_digest=params["split"])
+    explained: dict[tuple[str, str], list] = {}
+    with tempfile.TemporaryDirectory() as tmp, tracking.explain_run(model_run, params) as parent:
+        result.run_id = parent.info.run_id
+        work = Path(tmp)
+        jobs = [(method, p) for method in names for p in prepared]
+        for method, p in tqdm(jobs, desc="explaining", unit="case"):
+            for e in explain_case(network, p.image, p.label > 0.5, p.evidence, config.modalities, method,
+                                  relevance_filters, case_id=p.case_id, heavy=heavy, seed=seed):
+                explained.setdefault((method, e.filter.name), []).append(e)
+        per_case = []
+        for (method, filter_name), explanations in explained.items():
+            f = explanations[0].filter
+            run_params = {"method": method, "filter": filter_name, "filter_kind": f.kind, "filter_mode": f.mode,
+                          "filter_low": f.low, "filter_high": f.high, "cases": len(explanations),
+                          "model_run": model_run or ""}
+            with tracking.explanation_run(method, filter_name, run_params) as child:
+                keys = sorted(set().union(*(e.metrics for e in explanations)))
+                means = {k: float(np.nanmean([e.metrics.get(k, np.nan) for e in explanations])) for k in keys}
+                tracking.log_summary(means)
+                if f.kind == "raw":
+                    tracking.log_artifacts(_case_outputs(work / method, explanations, loaded, prepared, config),
+                                           "relevance")
+                result.table.append({"run_id": child.info.run_id, "method": method, "filter": filter_name, **means})
+                per_case += [{"run_id": child.info.run_id, "method": method, "filter": filter_name,
+                              "case": e.case_id, **e.metrics} for e in explanations]
+        import pandas as pd
+
+        summary = work / "explanations.csv"
+        pd.DataFrame(result.table).to_csv(summary, index=False)
+        tracking.log_artifacts([summary], "")
+        tracking.log_cases(per_case)
+    return result
+
+
+def _case_outputs(folder: Path, explanations, loaded, prepared, config: PreprocessConfig) -> list[Path]:
+    """Per case: relevance NIfTI on the native grid (one volume per modality) and a PNG."""
+    by_id = {p.case_id: (case, p) for (case, _), p in zip(loaded, prepared)}
+    paths = []
+    for e in explanations:
+        case, p = by_id[e.case_id]
+        native = to_native(e.relevance, case.shape)  # (C, D, H, W)
+        paths.append(write_volume(folder / f"{e.case_id}_{e.method}.nii.gz", np.moveaxis(native, 0, -1),
+                                  case.affine, dtype=np.float32))
+        z = lesion_slice(p.label > 0.5)
+        channel = list(config.modalities).index("Tmax") if "Tmax" in config.modalities else 0
+        paths.append(relevance_png(folder / f"{e.case_id}_{e.method}.png", p.image[channel, z],
+                                   e.relevance.sum(axis=0)[z], p.label[z] > 0.5,
+                                   f"{e.case_id} · {e.method} · slice {z}\nrelevance (sum over modalities) "
+                                   f"on {config.modalities[channel]}, lesion green"))
+    return paths

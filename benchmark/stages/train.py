@@ -1,0 +1,59 @@
+"""The search stage: an Optuna search tracked in MLflow, then the ONNX export of its best trials.
+
+:func:`search_and_export` runs :func:`benchmark.training.search.run_search` (which saves the
+study's split, or reads it back when the study resumes) and exports the ``top_k`` best complete
+trials of the study; the best becomes the registry's ``champion`` and gets an int8 model,
+calibrated and measured on the study's split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
+from benchmark.errors import ParameterError
+from benchmark.stages.export import ExportResult, export_model
+from benchmark.training.search import SearchResult, SearchSettings, describe, run_search
+
+
+@dataclass
+class TrainResult:
+    """The search's result and the exports of its best trials (best first)."""
+
+    search: SearchResult
+    exports: list[ExportResult] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The summary lines the command line prints."""
+        return [describe(self.search)] + [e.line() for e in self.exports]
+
+
+def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = True,
+                      say: Callable[[str], None] | None = None) -> TrainResult:
+    """Run the search, then export its ``top_k`` best trials (rank 0, the best, becomes the champion).
+
+    Args:
+        settings: the search's settings; the synthetic default data is generated when missing.
+        top_k: how many of the study's best complete trials to export.
+        export: export at all.
+        say: receives each summary line as soon as it is known (e.g. ``print``).
+
+    Raises:
+        ParameterError: ``top_k`` below 1, or a setting of the search.
+        DataError: the data has too few cases, or changed since the study's split was saved.
+    """
+    if top_k < 1:
+        raise ParameterError(f"top-k must be at least 1 (got {top_k}); use --no-export to export nothing")
+    say = say or (lambda line: None)
+    if settings.data == DEFAULT_DATA:
+        ensure_default_data(DEFAULT_DATA)
+    result = TrainResult(run_search(settings))
+    say(describe(result.search))
+    if result.search.best_run_id and export:
+        for rank, run_id in enumerate(result.search.ranked_run_ids[:top_k]):
+            exported = export_model(run_id, result.search.experiment, champion=rank == 0,
+                                    int8_data=settings.data if rank == 0 else "", split=result.search.split)
+            result.exports.append(exported)
+            say(exported.line())
+    return result
