@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.blocks import NEGATIVE_SLOPE, Concat, crop_like
+from explain.layers import Concat
+from models.blocks import NEGATIVE_SLOPE, crop_like
 from models.errors import ModelFileError
 from models.networks import STUDY_FEATURES, scaled
 

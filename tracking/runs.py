@@ -40,6 +40,7 @@ from mlflow.tracking import MlflowClient
 
 from tracking.errors import TrackingError
 from tracking.locks import sqlite_lock
+from tracking.stores import check_reachable, prepare_sqlite
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "strokelens"
@@ -116,7 +117,9 @@ def setup(experiment: str = "") -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint read is noise
     for name in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter, not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
+    check_reachable(uri)
     try:
+        prepare_sqlite(uri, lambda building: MlflowClient(building).search_experiments(max_results=1))
         with sqlite_lock(uri):
             client = MlflowClient(uri)
             experiment = experiment or default_experiment()

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from benchmark.data.cases import check_labels
 from benchmark.data.preprocessing import PreprocessCache, PreprocessConfig
 from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_FILE, Split, make_split
 from benchmark.errors import ParameterError
 from benchmark.figures import overlay_figures
+from benchmark.paths import check_name
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
 from benchmark.training.studies import (
@@ -103,8 +105,7 @@ class SearchSettings:
             raise ParameterError(f"trials must be at least 1 (got {self.trials})")
         if self.epochs < 1:
             raise ParameterError(f"epochs must be at least 1 (got {self.epochs})")
-        if not self.study:
-            raise ParameterError("study must be a non-empty name")
+        check_name(self.study, "study")  # it becomes <checkpoints>/<study>/: one safe path component
         storage_kind(self.storage)  # a storage that is no URL is refused before anything is touched
 
 
@@ -330,18 +331,19 @@ def run_search(s: SearchSettings) -> SearchResult:
     experiment = tracking.experiment_name(tracking.setup(s.experiment))
     split, path = _the_study_split(s, experiment, tuple(preprocess.modalities))
     train_refs, val_refs = split.resolve(s.data)
-    study = open_study(s.study, s.storage, s.seed, s.profile)
     cache = PreprocessCache(preprocess, s.cache)
     refs = train_refs + val_refs
     cases = [cache.get(r) for r in tqdm(refs, desc="preparing cases", unit="case", disable=not s.progress)]
+    check_labels(cases)
     by_id = {c.case_id: c for c in cases}
     train = [by_id[r.case_id] for r in train_refs]
     val = [by_id[r.case_id] for r in val_refs]
+    study = open_study(s.study, s.storage, s.seed, s.profile)  # only once the data is known to be usable
     params = {"data": str(s.data), "trials": s.trials, "epochs": s.epochs, "study": s.study,
               "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
               "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid)),
               "val_fraction": split.val_fraction, "split_seed": split.seed}
-    check_settings(study, study_settings(s))
+    check_settings(study, {**study_settings(s), "split_digest": split.digest})
     retried = prepare_study(study, s.storage, s.profile, s.checkpoints / s.study)
     dead_runs = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                  if t.number in retried and "mlflow_run_id" in t.user_attrs]
