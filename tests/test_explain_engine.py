@@ -169,7 +169,8 @@ def test_a_layer_without_rule_is_named():
 
 TRUE_INPUT_LAYERS = {"unet3d": ["encoders.0.conv1"], "unet3d_lens": ["encoders.0.conv1"],  # behind the lens
                      "resunet3d": ["encoders.0.conv1", "encoders.0.shortcut.0"],
-                     "attention_unet3d": ["encoders.0.conv1"], "segresnet3d": ["stem"]}
+                     "attention_unet3d": ["encoders.0.conv1"], "segresnet3d": ["stem"],
+                     "unet3d_reference": ["encoders.0.conv1"]}
 
 
 @pytest.mark.parametrize("name", models.available())
