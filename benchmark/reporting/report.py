@@ -33,6 +33,7 @@ from benchmark import REFERENCE_STUDY
 from benchmark.atomic import atomic_directory, atomic_file
 from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.robustness import NOISE_SIGMA, ZERO_FRACTION
+from benchmark.evaluation.segmentation import DISTANCE_CONVENTION
 from benchmark.reporting.charts import Figure, architecture_figures, explanation_figures
 from benchmark.reporting.leaderboard import (
     FLOOR_METHOD,
@@ -197,6 +198,7 @@ def _rules(explanations: pd.DataFrame) -> list[str]:
         f"for the rules, {NOISE_SIGMA} of each map's range) and with {ZERO_FRACTION:.0%} of the input voxels set to "
         "0. Latency is the median of batch-1 forward passes at the training grid on this machine. ± is the sample "
         "standard deviation over cases.",
+        f"Surface distances: {DISTANCE_CONVENTION}",
     ]
     if not explanations.empty:
         keys = key_metrics(explanations.columns)
