@@ -69,13 +69,25 @@ def test_bad_cases_are_reported_and_the_rest_written(onnx_model, damaged, tmp_pa
     assert "cannot read" in rows["training_3"]["cause"] and rows["training_1"]["provider"] == "CPUExecutionProvider"
 
 
-def test_missing_modality_names_the_case_and_file(onnx_model, isles_dir, tmp_path, capsys):
+def test_missing_modality_nan_and_mismatched_grid_each_name_their_case(onnx_model, isles_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(isles_dir, data)
     shutil.rmtree(next((data / "test_1").glob("*.MR_Tmax.*")))
+    adc = next((data / "training_1").rglob("*.MR_ADC.*.nii*"))
+    image = nib.load(adc)
+    values = image.get_fdata()
+    values[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(values, image.affine), adc)
+    mtt = next((data / "training_4").rglob("*.MR_MTT.*.nii*"))
+    nib.save(nib.Nifti1Image(np.ones((9, 9, 5), np.float32), nib.load(mtt).affine), mtt)
     code, stdout, lines = _predict(capsys, "-m", onnx_model, "-i", data, "-o", tmp_path / "out")
-    assert code == 2 and "predicted 4 of 5 cases" in stdout
-    assert any("case test_1 failed" in line and "no Tmax file" in line for line in lines), lines
+    assert code == 2 and "predicted 2 of 5 cases" in stdout and "3 failed: test_1, training_1, training_4" in stdout
+    failed = {line.split("case ")[1].split(" failed")[0]: line for line in lines if " failed: " in line}
+    assert sorted(failed) == ["test_1", "training_1", "training_4"]
+    assert "no Tmax file" in failed["test_1"] and "NaN/Inf" in failed["training_1"]
+    assert "resample the case's files to one grid" in failed["training_4"]
+    assert _outputs(tmp_path / "out") == sorted([f"training_{n}_{k}.nii.gz" for n in (2, 3)
+                                                 for k in ("lesion", "probability")] + ["predictions.csv"])
 
 
 def test_volumes_in_the_csv_are_mask_voxels_times_voxel_volume(onnx_model, isles_dir, tmp_path, capsys):
