@@ -21,9 +21,9 @@ NEGATIVE_SLOPE = 0.2
 """The study's LeakyReLU slope."""
 
 
-def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
-    """3×3×3 convolution, 'same' padding, no bias (a BatchNorm follows)."""
-    return nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+def conv3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv3d:
+    """3×3×3 convolution, 'same' padding, no bias by default (a BatchNorm follows)."""
+    return nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
 
 
 class ConvBlock(nn.Sequential):
@@ -33,14 +33,15 @@ class ConvBlock(nn.Sequential):
         in_channels: input channels.
         mid_channels: channels after the first convolution.
         out_channels: channels after the second convolution.
+        bias: convolutions with a bias (the study's own code has one; redundant before BatchNorm).
     """
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, bias: bool = False):
         super().__init__()
-        self.conv1 = conv3(in_channels, mid_channels)
+        self.conv1 = conv3(in_channels, mid_channels, bias=bias)
         self.bn1 = nn.BatchNorm3d(mid_channels)
         self.act1 = nn.LeakyReLU(NEGATIVE_SLOPE)
-        self.conv2 = conv3(mid_channels, out_channels)
+        self.conv2 = conv3(mid_channels, out_channels, bias=bias)
         self.bn2 = nn.BatchNorm3d(out_channels)
         self.act2 = nn.LeakyReLU(NEGATIVE_SLOPE)
 

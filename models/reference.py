@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from explain.layers import Concat
-from models.blocks import NEGATIVE_SLOPE, crop_like
+from models.blocks import ConvBlock, crop_like
 from models.errors import ModelFileError
 from models.networks import STUDY_FEATURES, scaled
 
@@ -35,23 +35,9 @@ STUDY_DEBUG_FEATURES = (3, 4, 6, 8, 16)
 """The channel numbers of the study's debug-size network (its ``UNet3D_DEBUG`` switch)."""
 
 
-class ReferenceBlock(nn.Sequential):
-    """The study's ``ConvBlocksUNet``: (Conv3d 3×3×3 with bias → BatchNorm3d → LeakyReLU(0.2)) twice.
-
-    Args:
-        in_channels: input channels.
-        mid_channels: channels after the first convolution.
-        out_channels: channels after the second convolution.
-    """
-
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, mid_channels, 3, padding=1)
-        self.bn1 = nn.BatchNorm3d(mid_channels)
-        self.act1 = nn.LeakyReLU(NEGATIVE_SLOPE)
-        self.conv2 = nn.Conv3d(mid_channels, out_channels, 3, padding=1)
-        self.bn2 = nn.BatchNorm3d(out_channels)
-        self.act2 = nn.LeakyReLU(NEGATIVE_SLOPE)
+def ReferenceBlock(in_channels: int, mid_channels: int, out_channels: int) -> ConvBlock:  # noqa: N802
+    """The study's ``ConvBlocksUNet``: a :class:`~models.blocks.ConvBlock` whose convolutions have biases."""
+    return ConvBlock(in_channels, mid_channels, out_channels, bias=True)
 
 
 class ReferenceHead(nn.Sequential):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from benchmark.data.synthetic import write_dataset
@@ -22,3 +24,11 @@ def nnunet_dir(tmp_path_factory):
     """The same cases in nnU-Net raw layout."""
     return write_dataset(tmp_path_factory.mktemp("nnunet") / "Dataset501_StrokelensSynth", 4,
                          seed=SEED, shapes=SHAPES, layout="nnunet", progress=False)
+
+
+@pytest.fixture
+def data(isles_dir, tmp_path):
+    """A private copy of ``isles_dir`` that a test may break."""
+    root = tmp_path / "data"
+    shutil.copytree(isles_dir, root)
+    return root

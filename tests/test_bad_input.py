@@ -17,13 +17,6 @@ from benchmark.errors import DataError, ParameterError, StrokelensError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def data(isles_dir, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(isles_dir, root)
-    return root
-
-
 def _file(root, case, what):
     return next(root.glob(f"{case}/*.{what}.*/*.nii"))
 

@@ -18,13 +18,6 @@ from benchmark.errors import CaseError, DataWarning
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def data(isles_dir, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(isles_dir, root)
-    return root
-
-
 def _drop(root, case, modality):
     shutil.rmtree(next(root.glob(f"{case}/*.MR_{modality}.*")))
 

@@ -73,7 +73,27 @@ def _wait(check, what: str, timeout: float, process: subprocess.Popen | None = N
         time.sleep(0.25)
 
 
-class LocalPostgres:
+class _Service:
+    """A started thing that stops on leaving its ``with`` block, and also when it fails to start."""
+
+    def start(self):  # pragma: no cover - every service defines it
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - every service defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LocalPostgres(_Service):
     """A PostgreSQL cluster in ``folder`` (created with ``initdb`` when empty) on 127.0.0.1.
 
     Args:
@@ -152,18 +172,9 @@ class LocalPostgres:
         if self.temporary:
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def __enter__(self) -> LocalPostgres:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
-class TrackingServer:
+class TrackingServer(_Service):
     """``mlflow server`` on ``backend`` with proxied artifacts in ``artifacts``.
 
     Args:
@@ -229,12 +240,3 @@ class TrackingServer:
             self.process.wait(timeout=10)
         self.process = None
 
-    def __enter__(self) -> TrackingServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
