@@ -2,8 +2,9 @@
 
 Exports a trained model (by default the best trial of the latest search) to ONNX, verifies it
 against PyTorch on several grids, logs it with ``mlflow.onnx.log_model`` and registers it as
-``strokelens-segmenter`` with the alias ``champion`` moved to the new version (see
-:mod:`benchmark.stages.export`).
+``strokelens-segmenter`` with its tags and a description; the alias ``champion`` moves to the new
+version only when it beats the current champion on the same validation cases, or with ``--promote``
+(see :mod:`benchmark.stages.export`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from collections.abc import Sequence
 
 from benchmark.stages.export import export_model
 from mlproject._cli import ArgumentParser, add_experiment_argument, run
+
+
+def _flag(text: str) -> bool:
+    """``--promote`` alone, or ``--promote true|false`` (as ``mlflow run`` passes it)."""
+    return text.strip().lower() in ("1", "true", "yes", "on")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,9 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true", help="log the model but do not register it")
     parser.add_argument("--int8-data", default="", help="also quantise to int8, calibrated on the training cases of "
                         "the model's split in this data folder, and report the validation Dice change")
+    parser.add_argument("--promote", default=False, type=_flag, nargs="?", const=True,
+                        help="make the new version the champion even when it does not beat the current one")
     args = parser.parse_args(argv)
     print(export_model(args.model, args.experiment, args.out, register=not args.no_register,
-                       int8_data=args.int8_data).line())
+                       int8_data=args.int8_data, promote=args.promote).line())
     return 0
 
 

@@ -131,7 +131,8 @@ def test_export_registers_the_champion_and_predict_uses_it(checkpoint, isles_dir
     assert run.data.tags["strokelens.kind"] == "export"
     assert all(v <= 1e-4 for k, v in run.data.metrics.items() if k.startswith("onnx_max_abs_diff"))
     again = subprocess.run([sys.executable, "-m", "mlproject.export", "--model", str(checkpoint), "--int8-data",
-                            str(isles_dir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                            str(isles_dir), "--promote"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
     assert again.returncode == 0, again.stderr
     assert "int8 Dice change" in again.stdout
     int8_run = client.get_run(client.get_model_version("strokelens-segmenter", "2").run_id)

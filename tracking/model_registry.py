@@ -3,8 +3,11 @@
 * :func:`resolve_model` turns a run id, ``runs:/…``, ``models:/<name>@<alias>`` or a ``.pt``
   path into a local checkpoint and its preprocessing settings (the default: the best trial of
   the latest search);
-* :func:`log_onnx_model` logs an exported model with ``mlflow.onnx.log_model``, registers it as
-  :data:`REGISTERED_MODEL` and moves the alias :data:`CHAMPION_ALIAS` to it;
+* :func:`log_onnx_model` logs an exported model with ``mlflow.onnx.log_model`` and registers it as
+  :data:`REGISTERED_MODEL` with its tags (:data:`VERSION_TAGS`) and a description, moving the alias
+  :data:`CHAMPION_ALIAS` to it only when the caller decided so;
+* :func:`champion_tags` reads the current champion's tags (its validation Dice and split digest),
+  :func:`source_run_facts` what a trial run recorded (architecture, study, profile, best val Dice);
 * :func:`download_onnx_model` brings a registered model back for prediction.
 
 Run names, tags and what each run logs are :mod:`tracking.runs`'s.
@@ -12,6 +15,7 @@ Run names, tags and what each run logs are :mod:`tracking.runs`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,23 +26,31 @@ from tracking.runs import (
     CHECKPOINT_ARTIFACT,
     DEFAULT_EXPERIMENT,
     PREPROCESS_ARTIFACT,
+    TAG_ARCHITECTURE,
     TAG_BEST_RUN,
     TAG_KIND,
+    TAG_PROFILE,
+    TAG_STUDY,
     tracking_uri,
 )
 
 REGISTERED_MODEL = "strokelens-segmenter"
 CHAMPION_ALIAS = "champion"
 ONNX_ARTIFACT = "onnx-model"
+VERSION_TAGS = ("architecture", "study", "trial_run", "val_dice", "val_dice_ci_low", "val_dice_ci_high",
+                "val_cases", "split", "data_digest", "profile")
+"""The tags every registered version carries (empty strings where a fact is unknown)."""
 
 
 def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool = True,
-                   champion: bool = True) -> tuple[str, str | None]:
-    """Log an exported model with ``mlflow.onnx.log_model``, register it, and make it the champion.
+                   champion: bool = False, tags: dict | None = None,
+                   description: str = "") -> tuple[str, str | None]:
+    """Log an exported model with ``mlflow.onnx.log_model`` and register it with tags and a description.
 
     The signature takes (-1, C, -1, -1, -1) float32 ``image`` and gives (-1, 2, -1, -1, -1)
     ``logits``; execution providers are CUDA then CPU; the preprocessing JSON travels inside the
-    MLflow model (``extra_files``). The alias ``champion`` moves to the new version.
+    MLflow model (``extra_files``). The alias ``champion`` moves to the new version only when
+    ``champion`` is true (the caller decides, see :mod:`benchmark.stages.export`).
 
     Returns:
         (the logged model's URI, the registered version or None).
@@ -76,10 +88,75 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool
     mlflow.log_artifact(str(sidecar), artifact_path="onnx")
     if not register:
         return info.model_uri, None
-    registered = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
+    return info.model_uri, register_version(info.model_uri, tags or {}, description, champion)
+
+
+def register_version(model_uri: str, tags: dict, description: str = "", champion: bool = False) -> str:
+    """Register ``model_uri`` as a new version of :data:`REGISTERED_MODEL` with ``tags`` and ``description``.
+
+    Every key of :data:`VERSION_TAGS` is set (an empty string when ``tags`` lacks it); the alias
+    :data:`CHAMPION_ALIAS` moves to the version when ``champion`` is true. Returns the version.
+    """
+    import mlflow
+
+    full = {key: "" for key in VERSION_TAGS} | {k: str(v) for k, v in tags.items()}
+    registered = mlflow.register_model(model_uri, REGISTERED_MODEL, tags=full)
+    client = MlflowClient(tracking_uri())
+    if description:
+        client.update_model_version(REGISTERED_MODEL, registered.version, description=description)
     if champion:
-        MlflowClient(tracking_uri()).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
-    return info.model_uri, str(registered.version)
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
+    return str(registered.version)
+
+
+def tag_version(version: str, tags: dict) -> None:
+    """Set (or overwrite) tags on a registered version of :data:`REGISTERED_MODEL`."""
+    client = MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, version, key, str(value))
+
+
+def set_champion(version: str) -> None:
+    """Move the alias :data:`CHAMPION_ALIAS` to ``version``."""
+    MlflowClient(tracking_uri()).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+
+
+def champion_tags() -> dict | None:
+    """The current champion's version tags plus ``version``, or None when no version holds the alias."""
+    client = MlflowClient(tracking_uri())
+    try:
+        found = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    except Exception:  # no such model or alias yet
+        return None
+    return {**found.tags, "version": str(found.version)}
+
+
+def version_facts(version: str) -> tuple[dict, str, list[str]]:
+    """(tags, description, aliases) of one registered version of :data:`REGISTERED_MODEL`."""
+    found = MlflowClient(tracking_uri()).get_model_version(REGISTERED_MODEL, version)
+    return dict(found.tags), found.description or "", list(found.aliases)
+
+
+def source_run_facts(run_id: str | None) -> dict:
+    """What a trial run recorded: architecture, study, profile (its search's) and best validation Dice.
+
+    Returns an empty dict for no run or one that cannot be read.
+    """
+    if not run_id:
+        return {}
+    client = MlflowClient(tracking_uri())
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        return {}
+    tags = run.data.tags
+    facts = {"architecture": tags.get(TAG_ARCHITECTURE, ""), "study": tags.get(TAG_STUDY, ""),
+             "profile": tags.get(TAG_PROFILE, ""), "val_dice": run.data.metrics.get("best_val_dice")}
+    parent = tags.get("mlflow.parentRunId")
+    if parent and not facts["profile"]:
+        with contextlib.suppress(Exception):  # a parent run deleted meanwhile: no profile
+            facts["profile"] = client.get_run(parent).data.tags.get(TAG_PROFILE, "")
+    return facts
 
 
 def download_onnx_model(uri: str) -> tuple[Path, Path]:

@@ -2,13 +2,17 @@
 
 The model (by default the best trial of the latest search) is exported to ONNX, checked against
 PyTorch on several grids, logged with ``mlflow.onnx.log_model`` and registered as
-``strokelens-segmenter``, with the alias ``champion`` moved to the new version unless told
-otherwise. Optionally an int8 model is made, calibrated on the training side of the split of the
-search that trained the model, and its Dice change against fp32 is measured on the validation side.
+``strokelens-segmenter`` with its tags and a description. The alias ``champion`` moves to the new
+version only when it beats the current champion on the same validation cases (see
+:func:`champion_decision`) or the user forces it (``--promote``). Optionally an int8 model is made,
+calibrated on the training side of the split of the search that trained the model, and its Dice
+change against fp32 is measured on the validation side.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from benchmark.data.cases import discover, read_case
 from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.data.splits import Split
 from benchmark.evaluation.segmentation import dice
+from benchmark.evaluation.statistics import bootstrap_ci
 from benchmark.stages.data import model_split
 from benchmark.training.loop import load_model
 from models.onnx import Segmenter, export_onnx, quantize_int8, sidecar_path
@@ -41,6 +46,7 @@ class ExportResult:
         uri: the logged MLflow model's URI.
         version: the registered version, or None when not registered.
         champion: whether the ``champion`` alias moved to it.
+        champion_reason: one line saying why the alias moved or stayed ("" when not registered).
         int8_dice_change: mean Dice of int8 minus fp32 (None without an int8 model).
         int8_cases: how many cases that change is measured on.
         int8_cases_side: ``validation`` (the split's), or ``labelled`` for a model no search trained.
@@ -53,6 +59,7 @@ class ExportResult:
     uri: str
     version: str | None
     champion: bool
+    champion_reason: str = ""
     int8_dice_change: float | None = None
     int8_cases: int = 0
     int8_cases_side: str = "validation"
@@ -68,12 +75,64 @@ class ExportResult:
                          f"{self.int8_cases_side} cases")
             if self.int8_cases_side != "validation":
                 quantised += " (the model has no saved split: calibrated on the same cases)"
-        return (f"exported {self.architecture} to ONNX (max |onnxruntime − PyTorch| {self.max_abs_diff:.2e}); "
+        line = (f"exported {self.architecture} to ONNX (max |onnxruntime − PyTorch| {self.max_abs_diff:.2e}); "
                 f"logged under MLflow run {self.run_id}: {where}{quantised}")
+        return f"{line}\n{self.champion_reason}" if self.champion_reason else line
 
 
-def int8_dice_change(onnx_path: Path, int8_path: Path, cases) -> dict[str, float]:
-    """Mean Dice of the fp32 and int8 models on the native grid over ``cases`` (prepared), and the change."""
+def data_digest(split: Split) -> str:
+    """SHA-256 (first 32 hex digits) over the sorted case digests of ``split``: the data, whatever the sides."""
+    joined = "".join(f"{c.case} {c.digest}\n" for c in sorted(split.cases, key=lambda c: c.case))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def champion_decision(version: str, val_dice: float | None, split_digest: str, current: dict | None,
+                      promote: bool = False) -> tuple[bool, str]:
+    """Whether a new version takes the ``champion`` alias, and the one line that says why.
+
+    The study's metric is the mean validation Dice of the trial's best epoch (``best_val_dice``
+    as the trial logged it, the same number for the new model and the champion). Models compare only
+    on the same validation cases, i.e. the same split digest; the new model must be strictly better.
+    ``promote`` moves the alias regardless.
+
+    Args:
+        version: the new registered version.
+        val_dice: its mean validation Dice (None or NaN when unknown, e.g. a bare checkpoint).
+        split_digest: the digest of the split it was validated on ("" when unknown).
+        current: the current champion's tags (``version``, ``val_dice``, ``split``), or None.
+        promote: force the alias onto the new version.
+    """
+    alias = model_registry.CHAMPION_ALIAS
+    if promote:
+        return True, f"registered version {version} as {alias} (--promote)"
+    if current is None:
+        return True, f"registered version {version} as {alias}: there was no champion"
+    old = current.get("version", "?")
+    old_split = current.get("split", "")
+    try:
+        old_dice = float(current.get("val_dice", "nan"))
+    except ValueError:
+        old_dice = math.nan
+    held = f"registered version {version} without the {alias} alias (version {old} keeps it)"
+    if val_dice is None or math.isnan(val_dice) or not split_digest:
+        return False, f"{held}: the new model has no validation Dice on a saved split; pass --promote to force"
+    if not old_split or math.isnan(old_dice):
+        return False, f"{held}: the champion has no validation Dice on a saved split; pass --promote to force"
+    if old_split != split_digest:
+        return False, (f"{held}: not comparable, the champion was validated on split {old_split[:8]}… and "
+                       f"this model on split {split_digest[:8]}…; pass --promote to force")
+    if val_dice > old_dice:
+        return True, (f"registered version {version} as {alias}: validation Dice {val_dice:.3f} > version "
+                      f"{old}'s {old_dice:.3f} on the same cases (split {split_digest[:8]}…)")
+    return False, (f"{held}: validation Dice {val_dice:.3f} ≤ champion's {old_dice:.3f} on the same cases "
+                   f"(split {split_digest[:8]}…); pass --promote to force")
+
+
+def int8_dice_change(onnx_path: Path, int8_path: Path, cases) -> dict:
+    """Mean Dice of the fp32 and int8 models on the native grid over ``cases`` (prepared), and the change.
+
+    ``dice_fp32_cases`` holds the fp32 model's per-case Dice (for the version's confidence interval).
+    """
     fp32, int8 = Segmenter(onnx_path), Segmenter(int8_path)
     scores = {"fp32": [], "int8": []}
     for case in cases:
@@ -81,11 +140,13 @@ def int8_dice_change(onnx_path: Path, int8_path: Path, cases) -> dict[str, float
             probability = to_native(segmenter.probability(case.image[None]), case.native_shape)[0]
             scores[name].append(dice(probability > 0.5, case.native_label))
     means = {f"val_dice_{k}": float(np.mean(v)) for k, v in scores.items()}
-    return {**means, "int8_dice_change": means["val_dice_int8"] - means["val_dice_fp32"]}
+    return {**means, "int8_dice_change": means["val_dice_int8"] - means["val_dice_fp32"],
+            "dice_fp32_cases": scores["fp32"]}
 
 
 def export_model(reference: str = "", experiment: str = "", out: str | Path = "", register: bool = True,
-                 int8_data: str | Path = "", champion: bool = True, split: Split | None = None) -> ExportResult:
+                 int8_data: str | Path = "", champion: bool = True, split: Split | None = None,
+                 promote: bool = False) -> ExportResult:
     """Export, verify, log and register one model.
 
     Args:
@@ -98,8 +159,10 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
             model's split, and measure the Dice change on its validation side (checked against the
             split: changed data is refused). A model no search trained has no split: then every
             labelled case serves both, and the result says so.
-        champion: move the ``champion`` alias to the new version.
+        champion: let the new version compete for the ``champion`` alias (false: never move it).
         split: the model's split, when the caller has it (else it is looked up).
+        promote: move the ``champion`` alias to the new version even when it does not beat the
+            current champion (see :func:`champion_decision`).
 
     Raises:
         TrackingError: the reference does not resolve or the store cannot be used.
@@ -111,8 +174,8 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
     preprocess = preprocess or PreprocessConfig().to_dict()
     model = load_model(checkpoint)
     int8_refs = None
+    split = split or model_split(run_id, checkpoint)
     if int8_data:
-        split = split or model_split(run_id, checkpoint)
         if split is not None:
             int8_refs = (*split.resolve(int8_data), "validation")
         else:
@@ -122,15 +185,29 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
         folder = Path(out) if out else Path(tmp)
         report = export_onnx(model, folder / "model.onnx", preprocess)
         params = {"model": reference or run_id or str(checkpoint), "source_run": run_id or ""}
-        if int8_refs is not None and split is not None:
+        if split is not None:
             params["split"] = split.digest
+        facts = model_registry.source_run_facts(run_id)
+        architecture = model.build_config["name"]
+        val_dice = facts.get("val_dice")
+        tags = {"architecture": architecture, "study": facts.get("study", ""), "trial_run": run_id or "",
+                "val_dice": "" if val_dice is None else f"{val_dice:.6f}",
+                "split": split.digest if split is not None else "",
+                "data_digest": data_digest(split) if split is not None else "", "profile": facts.get("profile", "")}
+        if split is not None:
+            tags["val_cases"] = str(sum(c.side == "validation" for c in split.cases))
+        origin = (f"trial run {run_id} of study '{tags['study']}'" if run_id else f"checkpoint {checkpoint}")
+        dice_text = f"best validation Dice {val_dice:.3f}" if val_dice is not None else "no validation Dice"
+        split_text = f"on split {split.digest[:8]}…" if split is not None else "without a saved split"
+        description = (f"{architecture} segmenter of ischemic-stroke lesions (ONNX, fp32 logits), exported from "
+                       f"{origin}. {dice_text[0].upper() + dice_text[1:]} {split_text}.")
+        current = model_registry.champion_tags() if register and champion else None
         with tracking.export_run(run_id, params) as parent:
             tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
             uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path,
                                                          len(preprocess["modalities"]), register=register,
-                                                         champion=champion)
-            result = ExportResult(parent.info.run_id, run_id, model.build_config["name"], report.worst, uri, version,
-                                  champion and version is not None)
+                                                         tags=tags, description=description)
+            result = ExportResult(parent.info.run_id, run_id, architecture, report.worst, uri, version, False)
             if int8_refs is not None:
                 train_refs, val_refs, side = int8_refs
                 config = PreprocessConfig.from_dict(preprocess)
@@ -138,8 +215,22 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
                 int8_path = quantize_int8(report.onnx_path, folder / "model_int8.onnx", calibration)
                 change = int8_dice_change(report.onnx_path, int8_path, [prepare(read_case(r), config)
                                                                          for r in val_refs])
+                per_case = change.pop("dice_fp32_cases")
                 tracking.log_summary(change)
                 tracking.log_artifacts([int8_path, sidecar_path(int8_path)], "onnx-int8")
                 result.int8_dice_change, result.int8_cases = change["int8_dice_change"], len(val_refs)
                 result.int8_cases_side = side
+                if version is not None and side == "validation":
+                    interval = bootstrap_ci(per_case)
+                    model_registry.tag_version(version, {"val_dice_ci_low": f"{interval.low:.6f}",
+                                                         "val_dice_ci_high": f"{interval.high:.6f}",
+                                                         "val_dice_onnx": f"{interval.mean:.6f}"})
+            if version is not None and champion:
+                result.champion, result.champion_reason = champion_decision(
+                    version, val_dice, tags["split"], current, promote)
+                if result.champion:
+                    model_registry.set_champion(version)
+            elif version is not None:
+                result.champion_reason = (f"registered version {version} without the "
+                                          f"{model_registry.CHAMPION_ALIAS} alias (not the best of its search)")
     return result

@@ -2,7 +2,8 @@
 
 :func:`search_and_export` runs :func:`benchmark.training.search.run_search` (which saves the
 study's split, or reads it back when the study resumes) and exports the ``top_k`` best complete
-trials of the study; the best becomes the registry's ``champion`` and gets an int8 model,
+trials of the study; the best competes for the registry's ``champion`` alias (it takes it only when it
+beats the current champion on the same split, or with ``promote``) and gets an int8 model,
 calibrated and measured on the study's split.
 """
 
@@ -30,14 +31,15 @@ class TrainResult:
 
 
 def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = True,
-                      say: Callable[[str], None] | None = None) -> TrainResult:
-    """Run the search, then export its ``top_k`` best trials (rank 0, the best, becomes the champion).
+                      say: Callable[[str], None] | None = None, promote: bool = False) -> TrainResult:
+    """Run the search, then export its ``top_k`` best trials (rank 0, the best, competes for the champion alias).
 
     Args:
         settings: the search's settings; the synthetic default data is generated when missing.
         top_k: how many of the study's best complete trials to export.
         export: export at all.
         say: receives each summary line as soon as it is known (e.g. ``print``).
+        promote: make the best trial the champion even when it does not beat the current one.
 
     Raises:
         ParameterError: ``top_k`` below 1, or a setting of the search.
@@ -52,7 +54,7 @@ def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = T
     say(describe(result.search))
     if result.search.best_run_id and export:
         for rank, run_id in enumerate(result.search.ranked_run_ids[:top_k]):
-            exported = export_model(run_id, result.search.experiment, champion=rank == 0,
+            exported = export_model(run_id, result.search.experiment, champion=rank == 0, promote=promote and rank == 0,
                                     int8_data=settings.data if rank == 0 else "", split=result.search.split)
             result.exports.append(exported)
             say(exported.line())
