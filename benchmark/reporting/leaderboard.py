@@ -139,7 +139,8 @@ def architecture_table(runs: StudyRuns) -> pd.DataFrame:
     """One row per architecture (its best trial) and per clinical rule, ranked (module docstring).
 
     Columns: rank, name, kind (network / clinical rule), ``<metric>_mean`` and ``<metric>_sd`` of
-    :data:`ARCHITECTURE_METRICS`, params, train_s, latency_torch_s, latency_onnx_s, trials,
+    :data:`ARCHITECTURE_METRICS`, params, epochs and train_s (the budget of the row's trial: epochs trained and
+    their seconds), latency_torch_s, latency_onnx_s, trials,
     pruned, failed, source (evaluation / trial) and run_id (the run the numbers come from).
     """
     rows = []
@@ -150,6 +151,7 @@ def architecture_table(runs: StudyRuns) -> pd.DataFrame:
         trial = by_run.get(evaluation.model_run, best) if evaluation else best
         row = {"name": architecture, "kind": "network", **_trial_counts(runs.trials, architecture),
                "params": trial.metric("param_count"),
+               "epochs": trial.metric("epochs_run"),
                "train_s": trial.metric("seconds_per_epoch") * trial.metric("epochs_run"),
                "trial_run": trial.run_id}
         if evaluation is not None:
@@ -166,8 +168,8 @@ def architecture_table(runs: StudyRuns) -> pd.DataFrame:
         rows.append({"name": rule.architecture, "kind": "clinical rule", **_means(rule), "source": "evaluation",
                      "run_id": rule.run_id})
     columns = ["name", "kind", *[f"{k}_{s}" for k in ARCHITECTURE_METRICS for s in ("mean", "sd")], "params",
-               "train_s", "latency_torch_s", "latency_onnx_s", "trials", "pruned", "failed", "source", "run_id",
-               "trial_run"]
+               "epochs", "train_s", "latency_torch_s", "latency_onnx_s", "trials", "pruned", "failed", "source",
+               "run_id", "trial_run"]
     table = pd.DataFrame(rows).reindex(columns=columns)
     if table.empty:
         return table.assign(rank=pd.Series(dtype=int))[["rank", *columns]]

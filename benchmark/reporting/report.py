@@ -199,6 +199,10 @@ def _rules(explanations: pd.DataFrame) -> list[str]:
         "0. Latency is the median of batch-1 forward passes at the training grid on this machine. ± is the sample "
         "standard deviation over cases.",
         f"Surface distances: {DISTANCE_CONVENTION}",
+        "**Budgets**: every architecture family first trains one trial with the same hyper-parameters for the "
+        "full epoch budget (the cover phase: no pruning, no early stop, no time limit); later trials are pruned "
+        "only against complete trials of their own family. Each row shows the epochs and seconds its trial "
+        "trained, and the family's trials.",
     ]
     if not explanations.empty:
         keys = key_metrics(explanations.columns)

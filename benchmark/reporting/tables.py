@@ -21,7 +21,8 @@ HEADERS = {
     "rank": "rank", "name": "model / rule", "kind": "kind", "dice": "Dice", "hd95": "HD95 (mm)",
     "assd": "ASSD (mm)", "lesion_f1": "lesion F1", "volume_diff_ml": "|ΔV| (ml)",
     "dice_noise": f"Dice, noise σ={NOISE_SIGMA}", "dice_zero_half": f"Dice, {ZERO_FRACTION:.0%} voxels zeroed",
-    "params": "parameters", "train_s": "training (s)", "latency_torch_s": "PyTorch latency (s)",
+    "params": "parameters", "epochs": "epochs trained", "train_s": "training (s)",
+    "latency_torch_s": "PyTorch latency (s)",
     "latency_onnx_s": "onnxruntime latency (s)", "trials": "trials", "pruned": "pruned", "failed": "failed",
     "source": "numbers from", "run_id": "MLflow run", "method": "method", "filter": "filter", "mode": "filter at",
     "rank_score": "mean rank", "evidence_mass_accuracy": "evidence mass acc.",
@@ -92,6 +93,7 @@ def architecture_display(table: pd.DataFrame) -> DisplayTable:
         digits = 1 if key in ("hd95", "assd", "volume_diff_ml") else 3
         out[key] = _mean_sd(table[f"{key}_mean"], table[f"{key}_sd"], digits)
     out["params"] = _counts(table["params"])
+    out["epochs"] = _counts(table["epochs"])
     out["train_s"] = [number(v, 0) for v in table["train_s"]]
     for key in ("latency_torch_s", "latency_onnx_s"):
         out[key] = [number(v, 3) for v in table[key]]

@@ -35,6 +35,7 @@ from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLI
 from benchmark.errors import ParameterError
 from benchmark.figures import overlay_figures
 from benchmark.paths import check_name
+from benchmark.training.budgets import FamilyPruner, enqueue_cover, is_cover, stop_after
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
 from benchmark.training.studies import (
@@ -138,7 +139,7 @@ def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.S
         ParameterError: the storage cannot be opened, or the study maximises nothing / minimises.
     """
     sampler = TrialSeededTPE(seed, n_startup_trials=4)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=profile.warmup)
+    pruner = FamilyPruner(warmup=profile.warmup)
     storage_obj = open_storage(storage)
     with study_lock(storage, name):
         try:
@@ -178,10 +179,10 @@ def prepare_study(study: optuna.Study, storage: str, profile: Profile, checkpoin
         if study.user_attrs.get("seeded") or study.get_trials(deepcopy=False):
             return retried
         if profile.first is not None and profile.fixed is None:
-            study.enqueue_trial(profile.first)
-            for architecture in profile.architectures if profile.cover else ():
-                if architecture != profile.first["architecture"]:
-                    study.enqueue_trial({**profile.first, "architecture": architecture})
+            if profile.cover:
+                enqueue_cover(study, profile.first, profile.architectures)
+            else:
+                study.enqueue_trial(profile.first)
         study.set_user_attr("seeded", True)
     return retried
 
@@ -224,16 +225,18 @@ class Objective:
         (folder / "preprocess.json").write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
         params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
                   "grid": "x".join(map(str, self.preprocess.grid)), "seed": self.s.seed,
-                  "resumed_from": resume or "", "retry_of": "" if original is None else original}
+                  "phase": "cover" if is_cover(trial) else "search", "resumed_from": resume or "",
+                  "retry_of": "" if original is None else original}
         with tracking.trial_run(self.s.study, trial.number, hp["architecture"], params) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             recovery.tag_worker(worker_identity())
             number = trial.number if original is None else original
             seed_everything(self.s.seed + number)  # the same seed builds the same initial weights
             model = build(hp["architecture"], len(self.preprocess.modalities), width=hp["width"])
+            cover = is_cover(trial)  # the equal budget: all epochs, no early stop, no deadline
             config = TrainConfig(epochs=self.s.epochs, batch_size=self.s.profile.batch_size, lr=hp["lr"],
                                  weight_decay=hp["weight_decay"], loss=hp["loss"], augment=hp["augment"],
-                                 patience=self.s.profile.patience, seed=self.s.seed + trial.number,
+                                 patience=0 if cover else self.s.profile.patience, seed=self.s.seed + trial.number,
                                  device=self.s.device)
             tracking.log_summary({"param_count": parameter_count(model)})
 
@@ -249,7 +252,8 @@ class Objective:
             pruned = None
             try:
                 result = fit(model, self.train, self.val, config, checkpoint_dir=folder, resume=resume,
-                             on_epoch=on_epoch, deadline=self.deadline, progress=self.s.progress)
+                             on_epoch=on_epoch, deadline=None if cover else self.deadline,
+                             progress=self.s.progress)
             except optuna.TrialPruned as exc:
                 pruned = exc
             self._log_best(folder)
@@ -355,7 +359,7 @@ def run_search(s: SearchSettings) -> SearchResult:
         deadline = None if s.time_budget is None else started + s.time_budget
         with quiet_interrupts():
             study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
-                           timeout=s.time_budget, catch=(FloatingPointError, RuntimeError))
+                           callbacks=[stop_after(deadline)], catch=(FloatingPointError, RuntimeError))
         search_seconds = time.monotonic() - started
         finished = [t for t in study.get_trials(deepcopy=False)
                     if t.state == optuna.trial.TrialState.COMPLETE]
