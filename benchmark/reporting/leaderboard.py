@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.evaluation.statistics import ALPHA, bootstrap_ci, holm, paired_test
 from tracking import runs as tracking
 from tracking.records import RunRecord, Store, best_trial_per_architecture
 
@@ -176,7 +177,43 @@ def architecture_table(runs: StudyRuns) -> pd.DataFrame:
     table = table.sort_values(["dice_mean", "hd95_mean", "params"], ascending=[False, True, True],
                               na_position="last", kind="stable").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table
+    return compare_with_best(table, runs.cases)
+
+
+def compare_with_best(table: pd.DataFrame, cases: dict[str, pd.DataFrame], metric: str = "dice") -> pd.DataFrame:
+    """Add the 95 % bootstrap interval of each row's mean ``metric`` and its paired test against the best row.
+
+    Columns added: ``<metric>_ci_low``, ``<metric>_ci_high``, ``n_cases`` (the per-case table of the
+    row's run), ``p_vs_best`` (Wilcoxon signed-rank over the cases both rows scored, Holm-corrected
+    over the other rows; :mod:`benchmark.evaluation.statistics`) and ``tied_with_best`` (p ≥
+    :data:`~benchmark.evaluation.statistics.ALPHA`: the data cannot tell the row from the best). The
+    best row is the first; rows without a per-case table (a trial's best epoch only) get NaN.
+    """
+    per_case = [_per_case(cases.get(run_id), metric) for run_id in table.get("run_id", [])]
+    intervals = [bootstrap_ci(v.to_numpy()) if v is not None else None for v in per_case]
+    table = table.assign(**{f"{metric}_ci_low": [i.low if i else math.nan for i in intervals],
+                            f"{metric}_ci_high": [i.high if i else math.nan for i in intervals],
+                            "n_cases": [i.n if i else math.nan for i in intervals]})
+    best = per_case[0] if per_case else None
+    raw = {}
+    for index, values in enumerate(per_case[1:], start=1):
+        if best is not None and values is not None:
+            common = best.index.intersection(values.index)
+            if len(common):
+                raw[index] = paired_test(best[common].to_numpy(), values[common].to_numpy())
+    adjusted = dict(zip(raw, holm(list(raw.values()))))
+    p = [adjusted.get(i, math.nan) for i in range(len(table))]
+    tied = [math.nan if not math.isfinite(v) else float(v >= ALPHA) for v in p]
+    if best is not None and len(tied):
+        tied[0] = math.nan
+    return table.assign(p_vs_best=p, tied_with_best=tied)
+
+
+def _per_case(frame: pd.DataFrame | None, metric: str) -> pd.Series | None:
+    """A per-case table's ``metric`` indexed by case, or None when the table lacks it."""
+    if frame is None or metric not in frame or "case" not in frame:
+        return None
+    return frame.set_index(frame["case"].astype(str))[metric].astype(float)
 
 
 def _means(run: RunRecord) -> dict[str, float]:

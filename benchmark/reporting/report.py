@@ -35,6 +35,7 @@ from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.robustness import NOISE_SIGMA, ZERO_FRACTION
 from benchmark.evaluation.segmentation import DISTANCE_CONVENTION
 from benchmark.reporting.charts import Figure, architecture_figures, explanation_figures
+from benchmark.reporting.conclusions import conclusions
 from benchmark.reporting.leaderboard import (
     FLOOR_METHOD,
     StudyRuns,
@@ -161,6 +162,7 @@ def page_context(runs: StudyRuns, architectures: pd.DataFrame, explanations: pd.
         "header": _header(runs),
         "missing": list(runs.missing),
         "rules": _rules(explanations),
+        "conclusions": conclusions(runs, architectures, explanations),
         "architectures": None if architectures.empty else architecture_display(architectures),
         "explanations": [] if explanations.empty else explanation_displays(explanations),
         "arch_figures": [_figure(f) for f in arch_figures],
@@ -198,6 +200,9 @@ def _rules(explanations: pd.DataFrame) -> list[str]:
         f"for the rules, {NOISE_SIGMA} of each map's range) and with {ZERO_FRACTION:.0%} of the input voxels set to "
         "0. Latency is the median of batch-1 forward passes at the training grid on this machine. ± is the sample "
         "standard deviation over cases.",
+        "Dice 95 % CI is the percentile bootstrap interval of the mean over cases; 'vs best' is the two-sided "
+        "Wilcoxon signed-rank test of the row against the first row over the cases both scored, Holm-corrected "
+        "over the rows tested: 'tied' means the data cannot tell the row from the best.",
         f"Surface distances: {DISTANCE_CONVENTION}",
         "**Budgets**: every architecture family first trains one trial with the same hyper-parameters for the "
         "full epoch budget (the cover phase: no pruning, no early stop, no time limit); later trials are pruned "

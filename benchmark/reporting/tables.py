@@ -21,7 +21,8 @@ HEADERS = {
     "rank": "rank", "name": "model / rule", "kind": "kind", "dice": "Dice", "hd95": "HD95 (mm)",
     "assd": "ASSD (mm)", "lesion_f1": "lesion F1", "volume_diff_ml": "|ΔV| (ml)",
     "dice_noise": f"Dice, noise σ={NOISE_SIGMA}", "dice_zero_half": f"Dice, {ZERO_FRACTION:.0%} voxels zeroed",
-    "params": "parameters", "epochs": "epochs trained", "train_s": "training (s)",
+    "params": "parameters", "epochs": "epochs trained",
+    "dice_ci": "Dice 95 % CI", "p_vs_best": "vs best: Holm p", "train_s": "training (s)",
     "latency_torch_s": "PyTorch latency (s)",
     "latency_onnx_s": "onnxruntime latency (s)", "trials": "trials", "pruned": "pruned", "failed": "failed",
     "source": "numbers from", "run_id": "MLflow run", "method": "method", "filter": "filter", "mode": "filter at",
@@ -92,6 +93,11 @@ def architecture_display(table: pd.DataFrame) -> DisplayTable:
     for key in ("dice", "hd95", "assd", "lesion_f1", "volume_diff_ml", "dice_noise", "dice_zero_half"):
         digits = 1 if key in ("hd95", "assd", "volume_diff_ml") else 3
         out[key] = _mean_sd(table[f"{key}_mean"], table[f"{key}_sd"], digits)
+    at = out.columns.get_loc("dice") + 1
+    out.insert(at, "dice_ci", [f"[{number(lo)}, {number(hi)}]" if math.isfinite(lo) else "–"
+                               for lo, hi in zip(table["dice_ci_low"], table["dice_ci_high"])])
+    out.insert(at + 1, "p_vs_best", [_versus_best(p, tied) for p, tied in zip(table["p_vs_best"],
+                                                                               table["tied_with_best"])])
     out["params"] = _counts(table["params"])
     out["epochs"] = _counts(table["epochs"])
     out["train_s"] = [number(v, 0) for v in table["train_s"]]
@@ -102,6 +108,13 @@ def architecture_display(table: pd.DataFrame) -> DisplayTable:
     out["source"] = table["source"]
     out["run_id"] = table["run_id"]
     return _display("", out, ["rule" if k == "clinical rule" else "" for k in table["kind"]])
+
+
+def _versus_best(p: float, tied: float) -> str:
+    """``0.031 (differs)`` / ``0.41 (tied)`` for a Holm-corrected p-value against the best row, ``–`` if untested."""
+    if not math.isfinite(p):
+        return "–"
+    return f"{number(p)} ({'tied' if tied else 'differs'})"
 
 
 def _explanation_strings(table: pd.DataFrame) -> pd.DataFrame:
