@@ -187,3 +187,32 @@ def test_a_new_study_covers_every_architecture_once_then_searches(tmp_path):
     search.prepare_study(study, storage, profile, tmp_path / "ckpt")  # an existing study is not seeded again
     assert len(study.get_trials()) == 3
     assert PROFILES["default"].cover
+
+
+def test_a_trial_resumes_on_another_host_from_its_mlflow_checkpoint(isles_dir, workdir, monkeypatch):
+    real_fit = search.fit
+
+    def interrupted_fit(*args, **kwargs):
+        on_epoch = kwargs["on_epoch"]
+
+        def interrupt(epoch, row):
+            on_epoch(epoch, row)
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch": interrupt})
+
+    monkeypatch.setattr(search, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(_settings(isles_dir, workdir, trials=1))
+    client, runs = _runs(workdir)
+    (dead,) = [r for r in runs if r.data.tags.get("strokelens.kind") == "trial"]
+    assert "checkpoint/last.pt" in {a.path for a in client.list_artifacts(dead.info.run_id, "checkpoint")}
+    monkeypatch.setattr(search, "fit", real_fit)
+    other_host = workdir / "elsewhere"  # a fresh checkpoint cache: only MLflow holds the resume point
+    run_search(_settings(isles_dir, workdir, trials=1, checkpoints=other_host))
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir}/optuna.db")
+    retry = study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and search.retry_of(retry) == 0
+    run = next(r for r in _runs(workdir)[1] if r.data.tags.get("strokelens.trial") == str(retry.number))
+    assert run.data.params["resumed_from"].startswith(str(other_host))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1]  # epoch 0 not redone

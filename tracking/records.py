@@ -18,6 +18,7 @@ from tracking.runs import (
     CASES_TABLE,
     CHECKPOINT_ARTIFACT,
     DEFAULT_EXPERIMENT,
+    RESUME_ARTIFACT,
     SPLIT_ARTIFACT,
     STATE_COMPLETE,
     STATE_PRUNED,
@@ -154,6 +155,19 @@ def best_trial_per_architecture(trials: list[RunRecord]) -> dict[str, RunRecord]
         if held is None or key > (rank[held.state], held.metric("best_val_dice")):
             best[trial.architecture] = trial
     return dict(sorted(best.items()))
+
+
+def download_resume_point(run_id: str, destination: Path) -> Path | None:
+    """A trial run's resume point (:data:`~tracking.runs.RESUME_ARTIFACT`) copied under ``destination``, or None."""
+    import mlflow.artifacts
+
+    if not run_id:
+        return None
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RESUME_ARTIFACT,
+                                                        dst_path=str(destination), tracking_uri=tracking_uri()))
+    except Exception:  # no such run or artifact (a trial killed before its first epoch): start afresh
+        return None
 
 
 def download_split(run_id: str, destination: Path) -> Path | None:

@@ -60,6 +60,8 @@ STATE_COMPLETE, STATE_PRUNED, STATE_FAILED = "complete", "pruned", "failed"
 
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 """Where a trial run keeps its best weights (state_dict + build config, ``weights_only``)."""
+RESUME_ARTIFACT = "checkpoint/last.pt"
+"""Where a trial run keeps its resume point (weights, optimiser, epoch, history, random states)."""
 PREPROCESS_ARTIFACT = "checkpoint/preprocess.json"
 """The preprocessing settings the weights expect."""
 SPLIT_ARTIFACT = "split.json"
@@ -241,6 +243,11 @@ def log_checkpoint(checkpoint: Path, preprocess: dict) -> None:
     """Log the best weights and the preprocessing settings as the run's checkpoint artifacts."""
     mlflow.log_artifact(str(checkpoint), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.as_posix())
     mlflow.log_dict(preprocess, PREPROCESS_ARTIFACT)
+
+
+def log_resume_point(last: Path) -> None:
+    """Log (replace) the run's resume point, so a worker on any host can continue the trial."""
+    mlflow.log_artifact(str(last), artifact_path=Path(RESUME_ARTIFACT).parent.as_posix())
 
 
 def log_figures(paths: list[Path], folder: str = "figures") -> None:

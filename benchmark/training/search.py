@@ -21,6 +21,7 @@ checkpoint (stored relative to the study's checkpoint root, so another folder or
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ from benchmark.training.studies import (
 from models.registry import build, parameter_count
 from tracking import recovery
 from tracking import runs as tracking
-from tracking.records import Store, download_split
+from tracking.records import Store, download_resume_point, download_split
 
 DEFAULT_CHECKPOINTS = Path("checkpoints")
 """Where searches keep per-epoch checkpoints and each study's split (``<checkpoints>/<study>/``)."""
@@ -75,6 +76,11 @@ def suggest_hparams(trial: optuna.Trial, profile: Profile) -> dict:
         "loss": trial.suggest_categorical("loss", list(profile.losses)),
         "augment": trial.suggest_float("augment", *profile.augment),
     }
+
+
+RESUME_UPLOAD_S = 30.0
+"""Seconds between two uploads of a trial's resume point (``last.pt``) to its MLflow run (and after the last
+epoch): a trial killed on one host resumes on any other from at most this much earlier."""
 
 
 @dataclass
@@ -217,8 +223,11 @@ class Objective:
         root = self.s.checkpoints / self.s.study
         original = retry_of(trial)
         previous = checkpoint_of(trial, root) if original is not None else None  # copied from the dead trial
-        resume = str(previous) if previous is not None and previous.is_file() else None
         folder = root / f"trial_{trial.number:04d}"
+        resume = str(previous) if previous is not None and previous.is_file() else None
+        if original is not None and resume is None:  # the dead trial ran on another host: its run has the point
+            found = download_resume_point(trial.user_attrs.get("mlflow_run_id", ""), folder / "resume")
+            resume = str(found) if found is not None else None
         trial.set_user_attr("checkpoint", f"{folder.name}/last.pt")  # relative to the study's checkpoint root
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,10 +250,14 @@ class Objective:
             tracking.log_summary({"param_count": parameter_count(model)})
 
             rows: list[dict] = []
+            uploaded = [-math.inf]
 
             def on_epoch(epoch: int, row: dict) -> None:
                 rows.append(row)
                 tracking.log_epoch(row)
+                if time.monotonic() - uploaded[0] >= RESUME_UPLOAD_S or epoch + 1 == config.epochs:
+                    tracking.log_resume_point(folder / "last.pt")
+                    uploaded[0] = time.monotonic()
                 trial.report(row["val_dice"], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
