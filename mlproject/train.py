@@ -22,11 +22,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_search_arguments(parser)
     parser.add_argument("--promote", default=False, type=_flag, nargs="?", const=True,
                         help="make the best trial the champion even when it does not beat the current one")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="search processes on the study, one per GPU or sharing the CPU cores (each runs "
+                        "--trials trials); the export follows once all have ended")
     args = parser.parse_args(argv)
     result = search_and_export(search_settings(args), top_k=args.top_k, export=not args.no_export, say=print,
-                               promote=args.promote)
+                               promote=args.promote, workers=args.workers)
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")
-    return 0 if result.search.best_run_id else 1
+    return 0 if result.search.best_run_id and not result.failed_workers else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.errors import ParameterError
 from benchmark.stages.export import ExportResult, export_model
-from benchmark.training.search import SearchResult, SearchSettings, describe, run_search
+from benchmark.training.search import SearchResult, SearchSettings, describe, result_after_workers, run_search
+from benchmark.training.workers import run_workers
 
 
 @dataclass
@@ -24,6 +25,7 @@ class TrainResult:
 
     search: SearchResult
     exports: list[ExportResult] = field(default_factory=list)
+    failed_workers: int = 0
 
     def lines(self) -> list[str]:
         """The summary lines the command line prints."""
@@ -31,7 +33,7 @@ class TrainResult:
 
 
 def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = True,
-                      say: Callable[[str], None] | None = None, promote: bool = False) -> TrainResult:
+                      say: Callable[[str], None] | None = None, promote: bool = False, workers: int = 1) -> TrainResult:
     """Run the search, then export its ``top_k`` best trials (rank 0, the best, competes for the champion alias).
 
     Args:
@@ -40,6 +42,8 @@ def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = T
         export: export at all.
         say: receives each summary line as soon as it is known (e.g. ``print``).
         promote: make the best trial the champion even when it does not beat the current one.
+        workers: search processes on the study (:mod:`benchmark.training.workers`); the export follows
+            once all have ended.
 
     Raises:
         ParameterError: ``top_k`` below 1, or a setting of the search.
@@ -50,7 +54,13 @@ def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = T
     say = say or (lambda line: None)
     if settings.data == DEFAULT_DATA:
         ensure_default_data(DEFAULT_DATA)
-    result = TrainResult(run_search(settings))
+    if workers > 1:
+        failed = [o for o in run_workers(settings, workers, progress=settings.progress) if o.exitcode != 0]
+        for outcome in failed:
+            say(outcome.line())
+        result = TrainResult(result_after_workers(settings), failed_workers=len(failed))
+    else:
+        result = TrainResult(run_search(settings))
     say(describe(result.search))
     if result.search.best_run_id and export:
         for rank, run_id in enumerate(result.search.ranked_run_ids[:top_k]):

@@ -373,29 +373,44 @@ def run_search(s: SearchSettings) -> SearchResult:
         with quiet_interrupts():
             study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
                            callbacks=[stop_after(deadline)], catch=(FloatingPointError, RuntimeError))
-        search_seconds = time.monotonic() - started
-        finished = [t for t in study.get_trials(deepcopy=False)
-                    if t.state == optuna.trial.TrialState.COMPLETE]
-        states = {state.name.lower(): sum(t.state == state for t in study.get_trials(deepcopy=False))
-                  for state in optuna.trial.TrialState}
-        tracking.log_summary({"search_seconds": search_seconds,
-                              **{f"trials_{k}": v for k, v in states.items()}})
-        if not finished:
-            return SearchResult(s.study, parent.info.run_id, None, None, {}, states, experiment=experiment,
-                                split=split, split_file=path)
+        result = study_result(study, parent.info.run_id, experiment, split, path)
+        tracking.log_summary({"search_seconds": time.monotonic() - started,
+                              **{f"trials_{k}": v for k, v in result.states.items()}})
+        if result.best_run_id is None:
+            return result
         best = study.best_trial
-        best_run = best.user_attrs.get("mlflow_run_id")
-        best_metrics = tracking.best_epoch_metrics(best_run)
-        tracking.log_best_trial(best_run, best.number, best.params or best.user_attrs, best_metrics)
+        tracking.log_best_trial(result.best_run_id, best.number, best.params or best.user_attrs,
+                                tracking.best_epoch_metrics(result.best_run_id))
         best_checkpoint = checkpoint_of(best, s.checkpoints / s.study)
         best_folder = best_checkpoint.parent if best_checkpoint is not None else Path("/nonexistent")
         if (best_folder / "best.pt").is_file():
             tracking.log_checkpoint(best_folder / "best.pt", preprocess.to_dict())
             tracking.log_figures(sorted((best_folder / "figures").glob("*.png")))
-        ranked = [t.user_attrs["mlflow_run_id"] for t in sorted(finished, key=lambda t: -t.value)
-                  if "mlflow_run_id" in t.user_attrs]
-        return SearchResult(s.study, parent.info.run_id, best_run, best.value, dict(best.params), states, ranked,
-                            experiment, split, path)
+        return result
+
+
+def study_result(study: optuna.Study, parent_run_id: str, experiment: str, split: Split | None,
+                 path: Path | None) -> SearchResult:
+    """The study as it stands: trial states, its best complete trial and its complete trials' runs, best first."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    states = {state.name.lower(): sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+    if not finished:
+        return SearchResult(study.study_name, parent_run_id, None, None, {}, states, experiment=experiment,
+                            split=split, split_file=path)
+    best = study.best_trial
+    ranked = [t.user_attrs["mlflow_run_id"] for t in sorted(finished, key=lambda t: -t.value)
+              if "mlflow_run_id" in t.user_attrs]
+    return SearchResult(study.study_name, parent_run_id, best.user_attrs.get("mlflow_run_id"), best.value,
+                        dict(best.params), states, ranked, experiment, split, path)
+
+
+def result_after_workers(s: SearchSettings) -> SearchResult:
+    """The study's result once its workers have finished (no new MLflow run: each worker logged its own)."""
+    experiment = tracking.experiment_name(tracking.setup(s.experiment))
+    split, path = _the_study_split(s, experiment, tuple(PreprocessConfig(grid=s.profile.grid).modalities))
+    study = optuna.load_study(study_name=s.study, storage=open_storage(s.storage))
+    return study_result(study, "", experiment, split, path)
 
 
 def describe(result: SearchResult) -> str:
