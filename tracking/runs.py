@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,7 +284,16 @@ def log_split(split_file: Path, rows: list[dict], digest: str, name: str, source
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=Path(source).resolve().as_uri(), name=name,
                                           digest=digest)
-    mlflow.log_input(dataset, context="training", tags={TAG_SPLIT: digest})
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training", tags={TAG_SPLIT: digest})
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            # Two workers logging the same new dataset race in the tracking store (it looks the dataset up,
+            # then inserts it: PostgreSQL refuses the second insert). The retry finds the first one's row.
+            if "dataset" not in str(exc).lower() or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def best_epoch_metrics(run_id: str) -> dict:
