@@ -27,6 +27,8 @@ named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a nativ
 plus static int8 (QDQ) on the CPU with its voxel agreement with fp32 (the Dice change on real
 validation cases is what ``mlproject.export --int8-data`` reports). Target on CPU: onnxruntime
 ≤ 0.6× PyTorch's latency.
+``search``: trials per minute, storage overhead per trial and duplicate parameters of one small study
+with 1, 2 and 4 workers on SQLite, a journal file and PostgreSQL (:mod:`benchmark.training.scaling`).
 """
 
 from __future__ import annotations
@@ -305,7 +307,7 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)
-    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx"])
+    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx", "search"])
     parser.add_argument("--width", type=float, default=0.25, help="train: width multiplier")
     parser.add_argument("--steps", type=int, default=5, help="train: timed steps per architecture")
     parser.add_argument("--json", default="", help="write the result here too")
@@ -320,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = bench_train(width=args.width, steps=args.steps)
     elif args.what == "lrp":
         result = bench_lrp(repeats=args.repeats)
+    elif args.what == "search":
+        from benchmark.training.scaling import bench_search
+
+        result = bench_search()
     else:
         result = bench_onnx(repeats=args.repeats)
     result["device_info"] = device_info()
