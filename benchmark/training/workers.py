@@ -99,10 +99,10 @@ class WorkerOutcome:
                f"log: {self.log})"
 
 
-def _status(study: optuna.Study, pid: int, done_before: int) -> tuple[int, str]:
-    """Trials finished by worker ``pid`` (since it started) and what it runs now."""
+def _status(study: optuna.Study, pid: int) -> tuple[int, str]:
+    """Trials finished by worker ``pid`` and what it runs now."""
     mine = [t for t in study.get_trials(deepcopy=False) if (t.user_attrs.get(WORKER_ATTR) or {}).get("pid") == pid]
-    finished = sum(t.state.is_finished() for t in mine) - done_before
+    finished = sum(t.state.is_finished() for t in mine)
     running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
     if not running:
         return finished, "starting" if not mine else "between trials"
@@ -157,7 +157,7 @@ def run_workers(settings, workers: int, gpus: int | None = None, progress: bool 
             study = study or _load(settings)
             for bar, (_, process, _) in zip(bars, processes):
                 if study is not None and process.is_alive():
-                    finished, now = _status(study, process.pid, 0)
+                    finished, now = _status(study, process.pid)
                     bar.n = min(finished, settings.trials)
                     bar.set_postfix_str(now, refresh=True)
     except BaseException:  # Ctrl-C or SIGTERM: stop every worker (each fails its trial as interrupted)
@@ -166,13 +166,14 @@ def run_workers(settings, workers: int, gpus: int | None = None, progress: bool 
                 process.terminate()
         for _, process, _ in processes:
             process.join()
-        raise
-    finally:
         for bar in bars:
             bar.close()
-    for index, process, log in processes:
+        raise
+    for bar, (index, process, log) in zip(bars, processes):
         process.join()
         outcomes.append(WorkerOutcome(index, process.exitcode, log))
+        bar.set_postfix_str("done" if process.exitcode == 0 else f"failed (exit {process.exitcode})")
+        bar.close()
     return outcomes
 
 
