@@ -2,14 +2,22 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-lock
+# onnxruntime's GPU build where nvidia-smi lists a GPU, its CPU build elsewhere (override: make ORT=gpu).
+ORT    ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+OTHER  := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
+STAMP  := $(VENV)/.installed-$(ORT)
 
 .PHONY: run test test-slow lint server clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-$(ORT).txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "strokelens needs Python 3.10 or newer")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-$(ORT).txt
+	@# the two builds share one package folder: drop the other one, then lay the chosen one down again
+	if $(PY) -m pip show -q $(OTHER) >/dev/null 2>&1; then \
+	  $(PY) -m pip uninstall -y -q $(OTHER) && \
+	  $(PY) -m pip install --disable-pip-version-check -q --force-reinstall --no-deps -r requirements-$(ORT).txt; fi
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 run: $(STAMP)
