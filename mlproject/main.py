@@ -19,6 +19,7 @@ from benchmark.stages.pipeline import DEFAULT_EXPLAIN_FILTERS, run_pipeline
 from mlproject._cli import (
     ArgumentParser,
     add_search_arguments,
+    auto_int,
     case_spec,
     method_list,
     run,
@@ -32,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the pipeline and print each stage's summary as it finishes."""
     parser = ArgumentParser(prog="python -m mlproject.main", description=__doc__)
     parser.add_argument("--data", default="", help=f"data folder; empty: the synthetic default in {DEFAULT_DATA}")
-    parser.add_argument("--cases", type=int, default=DEFAULT_CASES,
-                        help="training cases of the synthetic default when it is generated")
+    parser.add_argument("--cases", type=auto_int, default=None,
+                        help=f"training cases of the synthetic default when it is generated (default auto: "
+                        f"{DEFAULT_CASES}, or what data/synthetic holds; another count than it holds is an error)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the data and the search")
     add_search_arguments(parser, data=False, seed=False)
     parser.add_argument("--explain-methods", default="all", help="methods explained after the search")

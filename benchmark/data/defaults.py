@@ -26,3 +26,9 @@ def ensure_default_data(path: str | Path = DEFAULT_DATA, cases: int = DEFAULT_CA
         return path, False
     write_dataset(path, cases, seed=seed, shapes=DEFAULT_SHAPES, overwrite=True)
     return path, True
+
+
+def default_case_count(path: str | Path = DEFAULT_DATA) -> int:
+    """Training cases of an existing synthetic default (its ``training_<n>`` folders; 0 when absent)."""
+    path = Path(path)
+    return sum(1 for p in path.glob("training_*") if p.is_dir()) if path.is_dir() else 0

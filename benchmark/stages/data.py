@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.data.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, ensure_default_data
+from benchmark.data.defaults import DEFAULT_CASES, DEFAULT_DATA, DEFAULT_SEED, default_case_count, ensure_default_data
 from benchmark.data.splits import SPLIT_FILE, Split
+from benchmark.errors import ParameterError
 from benchmark.evaluation.dataset_summary import summarize_dataset
 from benchmark.training.search import DEFAULT_CHECKPOINTS, logged_split, split_file
 from tracking import runs as tracking
@@ -41,21 +42,28 @@ class DataResult:
         return made + self.summary
 
 
-def prepare_data(data: str | Path = "", cases: int = DEFAULT_CASES, seed: int = DEFAULT_SEED,
+def prepare_data(data: str | Path = "", cases: int | None = None, seed: int = DEFAULT_SEED,
                  summary: bool = True) -> DataResult:
     """The user's data folder, or the synthetic default (``data/synthetic``) generated once.
 
     Args:
         data: a data folder; empty (or the default's path): the synthetic default.
-        cases: training cases of the synthetic default when it is generated.
+        cases: training cases of the synthetic default when it is generated (None: the default's
+            count); a count that disagrees with an existing default is an error, never a silent reuse.
         seed: random seed of the synthetic default when it is generated.
         summary: describe the data (without the threshold rules, which read every voxel).
 
     Raises:
         DataError: the folder holds no usable case.
+        ParameterError: ``cases`` disagrees with the synthetic default already on disk.
     """
     if not data or Path(data) == DEFAULT_DATA:
-        folder, made = ensure_default_data(DEFAULT_DATA, cases, seed)
+        held = default_case_count(DEFAULT_DATA)
+        if cases is not None and held and held != cases:
+            raise ParameterError(f"{DEFAULT_DATA} already holds {held} training cases but --cases asks for {cases}: "
+                                 f"drop --cases (or pass {held}) to use them, or delete {DEFAULT_DATA} to generate "
+                                 f"{cases}")
+        folder, made = ensure_default_data(DEFAULT_DATA, DEFAULT_CASES if cases is None else cases, seed)
         generated: bool | None = made
     else:
         folder, generated = Path(data), None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.data.defaults import DEFAULT_CASES, DEFAULT_SEED
+from benchmark.data.defaults import DEFAULT_SEED
 from benchmark.stages.data import DataResult, prepare_data
 from benchmark.stages.evaluate import EvaluationResult, evaluate_study
 from benchmark.stages.explanations import ExplanationResult, check_methods, explain_model
@@ -41,7 +41,7 @@ class PipelineResult:
         return self.train.search.best_run_id is not None
 
 
-def run_pipeline(search: SearchSettings, synthetic_cases: int = DEFAULT_CASES, data_seed: int = DEFAULT_SEED,
+def run_pipeline(search: SearchSettings, synthetic_cases: int | None = None, data_seed: int = DEFAULT_SEED,
                  top_k: int = 1, export: bool = True, explain_methods: Sequence[str] | None = None,
                  explain_filters: Sequence[str] = DEFAULT_EXPLAIN_FILTERS, explain_cases: int | Sequence[str] = 2,
                  report_out: str | Path = "reports", say: Callable[[str], None] | None = None) -> PipelineResult:
@@ -50,7 +50,8 @@ def run_pipeline(search: SearchSettings, synthetic_cases: int = DEFAULT_CASES, d
     Args:
         search: the search's settings; ``search.data`` equal to the synthetic default's path (or
             empty) means the synthetic default, generated once with ``synthetic_cases`` cases and ``data_seed``.
-        synthetic_cases: training cases of the synthetic default when it is generated.
+        synthetic_cases: training cases of the synthetic default when it is generated (None: the
+            existing default's, else :data:`~benchmark.data.defaults.DEFAULT_CASES`).
         data_seed: random seed of the synthetic default when it is generated.
         top_k: how many best trials to export (the best becomes the champion).
         export: export at all.
