@@ -216,3 +216,34 @@ def test_a_trial_resumes_on_another_host_from_its_mlflow_checkpoint(isles_dir, w
     run = next(r for r in _runs(workdir)[1] if r.data.tags.get("strokelens.trial") == str(retry.number))
     assert run.data.params["resumed_from"].startswith(str(other_host))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1]  # epoch 0 not redone
+
+
+def test_trial_runs_record_system_metrics_and_the_code_version(isles_dir, workdir, monkeypatch):
+    import tracking.runs
+    from tracking.context import TAG_GIT_COMMIT, TAG_LOCK, lock_digest
+
+    monkeypatch.setattr(tracking.runs, "SYSTEM_METRICS_INTERVAL_S", 1)
+    monkeypatch.setattr(search, "fit", _slowed(search.fit))
+    run_search(_settings(isles_dir, workdir, trials=1))
+    _, runs = _runs(workdir)
+    (trial,) = [r for r in runs if r.data.tags.get("strokelens.kind") == "trial"]
+    assert any(k.startswith("system/cpu_utilization") for k in trial.data.metrics)
+    assert any(k.startswith("system/system_memory_usage") for k in trial.data.metrics)
+    for run in runs:
+        assert run.data.tags[TAG_LOCK] == lock_digest() and len(run.data.tags[TAG_GIT_COMMIT]) >= 7
+
+
+def _slowed(fit):
+    """``fit`` whose every epoch lasts at least 1.5 s, so the 1 s system-metrics sampler takes a sample."""
+    import time
+
+    def slowed(*args, **kwargs):
+        on_epoch = kwargs["on_epoch"]
+
+        def wait(epoch, row):
+            time.sleep(1.5)
+            on_epoch(epoch, row)
+
+        return fit(*args, **{**kwargs, "on_epoch": wait})
+
+    return slowed

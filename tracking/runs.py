@@ -39,6 +39,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tracking.context import SYSTEM_METRICS_INTERVAL_S, context_tags
 from tracking.errors import TrackingError
 from tracking.locks import sqlite_lock
 from tracking.stores import check_reachable, prepare_sqlite
@@ -185,16 +186,19 @@ def _stage_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflo
     if adopt:
         session.project_run_adopted = True
     with mlflow.start_run(run_id=session.project_run if adopt else None, run_name=None if adopt else name) as run:
-        mlflow.set_tags({TAG_KIND: kind, "mlflow.runName": name, **tags})
+        mlflow.set_tags({TAG_KIND: kind, "mlflow.runName": name, **context_tags(), **tags})
         log_params_once(params)
         yield run
 
 
 @contextlib.contextmanager
-def _nested_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflow.ActiveRun]:
-    """A nested run of kind ``kind`` under the active run, with its tags and parameters."""
-    with mlflow.start_run(run_name=name, nested=True) as run:
-        mlflow.set_tags({TAG_KIND: kind, **tags})
+def _nested_run(kind: str, name: str, params: dict, tags: dict, system_metrics: bool = False
+                ) -> Iterator[mlflow.ActiveRun]:
+    """A nested run of kind ``kind`` under the active run, with its tags, parameters and optionally system metrics."""
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    with mlflow.start_run(run_name=name, nested=True, log_system_metrics=system_metrics) as run:
+        mlflow.set_tags({TAG_KIND: kind, **context_tags(), **tags})
         mlflow.log_params(params)
         yield run
 
@@ -220,7 +224,7 @@ def log_params_once(params: dict) -> None:
 def trial_run(study: str, number: int, architecture: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """A nested child run for one trial; its state tag is ``failed`` unless set otherwise."""
     tags = {TAG_STUDY: study, TAG_TRIAL: str(number), TAG_ARCHITECTURE: architecture, TAG_STATE: STATE_FAILED}
-    with _nested_run("trial", trial_run_name(number, architecture), params, tags) as run:
+    with _nested_run("trial", trial_run_name(number, architecture), params, tags, system_metrics=True) as run:
         yield run
 
 
