@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmark.errors import ParameterError
 from tracking.names import NAME_RULE, name_problem
 
-__all__ = ["NAME_RULE", "check_name", "check_writable", "inside"]
+__all__ = ["NAME_RULE", "check_name", "check_writable", "contained", "inside"]
 
 
 def check_name(value: str, what: str) -> str:
@@ -35,9 +35,19 @@ def check_name(value: str, what: str) -> str:
 
 def inside(root: str | Path, name: str, what: str) -> Path:
     """``root / name`` after :func:`check_name`; it is guaranteed to lie inside ``root``."""
-    path = Path(root) / check_name(name, what)
-    if Path(root).resolve() not in path.resolve().parents:
-        raise ParameterError(f"{what} name {name!r} leads outside '{root}': use {NAME_RULE}")
+    return contained(root, check_name(name, what), what)
+
+
+def contained(root: str | Path, name: str, what: str) -> Path:
+    """``root / name`` for a name made elsewhere (an existing study's): one component, no leading dot, inside ``root``.
+
+    Weaker than :func:`check_name` (any other character is allowed), for names this version no
+    longer creates but may still have to read, such as a study made by Optuna directly.
+    """
+    path = Path(root) / str(name)
+    if (not name or name.startswith(".") or any(c in name for c in "/\\\0")
+            or Path(root).resolve() not in path.resolve().parents):
+        raise ParameterError(f"{what} name {name!r} leads outside '{root}' or is hidden: use {NAME_RULE}")
     return path
 
 

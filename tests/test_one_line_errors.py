@@ -85,7 +85,8 @@ def test_train_bad_storage_and_names(isles_dir, workdir, args, needle):
 @pytest.mark.parametrize("args,needle", [
     (["--out", "afile/reports"], "lies under the file"),
     (["--out", "/proc/strokelens-reports"], "cannot be written"),
-    (["--study", "../../escape"], "study name '../../escape' is not allowed"),
+    (["--study", "../../escape"], "study name '../../escape' leads outside 'reports'"),
+    (["--study", ".hidden"], "study name '.hidden' leads outside 'reports' or is hidden"),
     (["--experiment", "a/b"], "experiment name 'a/b' is not allowed"),
 ])
 def test_report_bad_out_and_names(workdir, args, needle):
