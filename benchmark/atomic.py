@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from benchmark.errors import ParameterError
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<extension>\.nii\.gz|\.[A-Za-z0-9]+)?$")
+"""The name :func:`atomic_file` gives its temporary file: ``.<name>.<8 mkstemp characters>.tmp<extension of name>``."""
 
 
 def _usual_mode(mode: int) -> int:
@@ -78,3 +82,23 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
         raise
     os.chmod(tmp, _usual_mode(0o666))  # mkstemp makes 0600; outputs get the usual permissions
     os.replace(tmp, target)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is an :func:`atomic_file` temporary name (left behind only by a killed process)."""
+    found = _TEMPORARY.match(name)
+    return bool(found) and found["name"].endswith(found["extension"] or "")
+
+
+def remove_temporary(folder: str | os.PathLike) -> int:
+    """Remove the temporary files of :func:`atomic_file` that a killed process left in ``folder``; returns how many.
+
+    Only names of exactly that form are removed (a user's ``notes.tmp.nii.gz`` or ``.notes`` stays).
+    Call it only where no other process writes at the same moment.
+    """
+    removed = 0
+    for path in Path(folder).iterdir():
+        if path.is_file() and is_temporary(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

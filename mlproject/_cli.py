@@ -94,8 +94,18 @@ def case_spec(text: str) -> int | list[str]:
 
 def add_experiment_argument(parser: argparse.ArgumentParser) -> None:
     """``--experiment``: empty means the project run's experiment under ``mlflow run``, else ``strokelens``."""
-    parser.add_argument("--experiment", default="", help="MLflow experiment (default: the project run's "
-                        "under mlflow run, else strokelens)")
+    parser.add_argument("--experiment", default="", type=experiment_name,
+                        help="MLflow experiment (default: the project run's under mlflow run, else strokelens)")
+
+
+def experiment_name(text: str) -> str:
+    """Argparse type: an experiment name by :func:`benchmark.paths.check_name`'s rule (empty: the default)."""
+    from benchmark.paths import check_name
+
+    try:
+        return check_name(text, "experiment") if text else text
+    except StrokelensError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def auto_int(text: str) -> int | None:

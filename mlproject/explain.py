@@ -1,7 +1,8 @@
 """``mlflow run . -e explain`` / ``python -m mlproject.explain``: explain a trained model, tracked in MLflow.
 
 Every method × filter on a few validation cases of the model's split, one nested MLflow run each
-(see :mod:`benchmark.stages.explanations`).
+(see :mod:`benchmark.stages.explanations`). Finished method × case jobs are kept in ``--out``; a
+rerun after a stop reuses them (``--overwrite`` recomputes them).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from benchmark.data.defaults import DEFAULT_DATA
-from benchmark.stages.explanations import HEAVY_CHOICES, explain_model
+from benchmark.stages.explanations import DEFAULT_OUT, HEAVY_CHOICES, explain_model
 from explain.attribution import methods as all_methods
 from mlproject._cli import ArgumentParser, add_experiment_argument, case_spec, method_list, run, split_list
 
@@ -29,9 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heavy", default="raw", choices=HEAVY_CHOICES,
                         help="where to run faithfulness and randomisation (many forward passes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder that keeps finished method × case jobs "
+                        "(relevance NIfTI, PNG, metrics JSON) so that a rerun after a stop reuses them")
+    parser.add_argument("--overwrite", action="store_true", help="recompute jobs already complete in --out")
     args = parser.parse_args(argv)
     result = explain_model(args.model, args.data, method_list(args.methods), split_list(args.filters),
-                           case_spec(args.cases), args.experiment, args.heavy, args.seed)
+                           case_spec(args.cases), args.experiment, args.heavy, args.seed, out=args.out,
+                           overwrite=args.overwrite)
     print("\n".join(result.lines()))
     return 0
 

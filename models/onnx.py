@@ -175,6 +175,20 @@ class Segmenter:
             raise ModelFileError(f"cannot load ONNX model '{self.path}' ({type(exc).__name__}): the file is corrupt "
                             "or not an ONNX model; export it again") from exc
         self.provider = self.session.get_providers()[0]
+        self._check_meta(Path(sidecar) if sidecar is not None else sidecar_path(self.path))
+
+    def _check_meta(self, side: Path) -> None:
+        """The JSON must hold the preprocessing keys and one modality per input channel of the model."""
+        preprocess = self.meta.get("preprocess") if isinstance(self.meta, dict) else None
+        missing = [k for k in ("modalities", "normalization", "grid") if not isinstance(preprocess, dict)
+                   or k not in preprocess]
+        if missing:
+            raise ModelFileError(f"'{side}' lacks the preprocessing settings {', '.join(missing)}: export the model "
+                                 "again (mlproject.export writes them)")
+        channels = self.session.get_inputs()[0].shape[1]
+        if isinstance(channels, int) and channels != len(preprocess["modalities"]):
+            raise ModelFileError(f"'{side}' lists {len(preprocess['modalities'])} modalities but '{self.path}' "
+                                 f"takes {channels} input channels: use the JSON exported with this model")
 
     @property
     def modalities(self) -> list[str]:

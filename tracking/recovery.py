@@ -2,8 +2,8 @@
 
 A run records which process owns it (tag ``strokelens.worker``: host, pid, process start time).
 At its next start a worker asks :func:`fail_stale_runs` to end, as FAILED, every RUNNING run of
-the study whose owner the caller declares dead, so the MLflow UI never shows a run that nothing
-will finish.
+the study (``train``) or of its kind (``explain``) whose owner the caller declares dead, and the
+nested runs under them, so the MLflow UI never shows a run that nothing will finish.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import mlflow
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from tracking.runs import TAG_STUDY, tracking_uri
+from tracking.runs import TAG_KIND, TAG_STUDY, tracking_uri
 
 TAG_WORKER = "strokelens.worker"
 
@@ -25,26 +25,34 @@ def tag_worker(identity: dict) -> None:
     mlflow.set_tag(TAG_WORKER, json.dumps(identity, sort_keys=True))
 
 
-def fail_stale_runs(experiment: str, study: str, dead: Callable[[dict], bool], also: tuple[str, ...] = ()
-                    ) -> list[str]:
-    """End FAILED the study's RUNNING runs whose owner is ``dead``, and the runs in ``also`` if RUNNING.
+def fail_stale_runs(experiment: str, study: str | None, dead: Callable[[dict], bool], also: tuple[str, ...] = (),
+                    kind: str | None = None) -> list[str]:
+    """End FAILED the RUNNING runs of a study (or of a kind) whose owner is ``dead``, and the runs in ``also``.
+
+    The RUNNING nested runs under each run ended are ended FAILED with it (a killed ``explain``
+    leaves its method × filter runs open; they carry no owner of their own).
 
     Args:
         experiment: the MLflow experiment name.
-        study: the study tag.
+        study: the study tag (None: any study).
         dead: called with a run's worker identity; True when that process is gone.
         also: run ids to end FAILED when still RUNNING (e.g. the MLflow runs of trials that the
             search storage has already declared failed).
+        kind: the ``strokelens.kind`` tag (``explain``, …; None: any kind).
 
     Returns:
-        The ids of the runs ended now.
+        The ids of the runs ended now, nested ones included.
     """
     client = MlflowClient(tracking_uri())
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    running = client.search_runs([found.experiment_id], f"tags.`{TAG_STUDY}` = '{study}' and "
-                                 "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY,
+    where = ["attributes.status = 'RUNNING'"]
+    if study is not None:
+        where.append(f"tags.`{TAG_STUDY}` = '{study}'")
+    if kind is not None:
+        where.append(f"tags.`{TAG_KIND}` = '{kind}'")
+    running = client.search_runs([found.experiment_id], " and ".join(where), run_view_type=ViewType.ACTIVE_ONLY,
                                  max_results=5000)
     ended = []
     for run in running:
@@ -52,4 +60,10 @@ def fail_stale_runs(experiment: str, study: str, dead: Callable[[dict], bool], a
         if run.info.run_id in also or (worker and dead(json.loads(worker))):
             client.set_terminated(run.info.run_id, "FAILED")
             ended.append(run.info.run_id)
+            children = client.search_runs([found.experiment_id], f"tags.`mlflow.parentRunId` = "
+                                          f"'{run.info.run_id}' and attributes.status = 'RUNNING'",
+                                          run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+            for child in children:
+                client.set_terminated(child.info.run_id, "FAILED")
+                ended.append(child.info.run_id)
     return ended

@@ -42,6 +42,7 @@ from mlflow.tracking import MlflowClient
 from tracking.context import SYSTEM_METRICS_INTERVAL_S, context_tags
 from tracking.errors import TrackingError
 from tracking.locks import sqlite_lock
+from tracking.names import name_problem
 from tracking.stores import check_reachable, prepare_sqlite
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -111,11 +112,16 @@ def setup(experiment: str = "") -> str:
     """Point MLflow at the store, create it and the experiment once; returns the experiment id.
 
     Args:
-        experiment: the experiment's name; empty: :func:`default_experiment`.
+        experiment: the experiment's name (:mod:`tracking.names`' rule: one path component, no
+            leading dot); empty: :func:`default_experiment`.
 
     Raises:
-        TrackingError: the store cannot be opened.
+        TrackingError: the store cannot be opened, or ``experiment`` breaks the rule (checked
+            before the store is touched).
     """
+    problem = name_problem(experiment, "experiment") if experiment else None
+    if problem:
+        raise TrackingError(problem)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint read is noise

@@ -71,7 +71,11 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; a :class:`ParameterError` names missing keys."""
+        missing = [k for k in ("modalities", "normalization", "grid") if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise ParameterError(f"preprocessing settings lack {', '.join(map(repr, missing))}: use the JSON the "
+                                 "export or training wrote beside the model")
         return cls(modalities=tuple(data["modalities"]), normalization=data["normalization"],
                    grid=tuple(data["grid"]), percentiles=tuple(data.get("percentiles", (0.5, 99.5))))
 

@@ -53,6 +53,7 @@ from benchmark.data.cases import MODALITIES
 from benchmark.atomic import atomic_directory
 from benchmark.errors import ParameterError
 from benchmark.data.nifti import write_volume
+from benchmark.paths import check_writable
 
 LAYOUTS: tuple[str, ...] = ("isles2017", "nnunet")
 
@@ -307,6 +308,7 @@ def write_dataset(
     jobs = [(f"training_{i}", i, True) for i in range(1, cases + 1)]
     jobs += [(f"test_{i}", 10_000 + i, False) for i in range(1, test_cases + 1)]
     writer = _write_isles_case if layout == "isles2017" else _write_nnunet_case
+    check_writable(out, "output folder")
     with atomic_directory(out, overwrite=overwrite) as tmp:
         rows = []
         for n, (case_id, index, labelled) in enumerate(

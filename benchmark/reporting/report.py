@@ -34,6 +34,7 @@ from benchmark.atomic import atomic_directory, atomic_file
 from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.robustness import NOISE_SIGMA, ZERO_FRACTION
 from benchmark.evaluation.segmentation import DISTANCE_CONVENTION
+from benchmark.paths import check_writable, contained
 from benchmark.reporting.charts import Figure, architecture_figures, explanation_figures
 from benchmark.reporting.conclusions import conclusions
 from benchmark.reporting.leaderboard import (
@@ -92,7 +93,7 @@ def build_report(study: str, experiment: str, out: str | Path = "reports", store
         DataError: there is nothing to report (no trial with a result and no explanation); the
             message lists what is missing.
     """
-    target = replaceable_folder(Path(out) / study)
+    target = replaceable_folder(contained(check_writable(out, "report folder"), study, "study"))
     store = store or Store(experiment)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -8,10 +8,21 @@ lesion contour are logged as artifacts. The parent run keeps ``explanations.csv`
 
 The cases are the validation side of the split of the search that trained the model (read back,
 never made again; changed data is refused), or case ids given by the caller.
+
+Stops and reruns: each method × case is computed once and kept in
+``<out>/<model>-<settings digest>/`` (default ``explanations/``): ``<case>_<method>.nii.gz`` and
+``.png`` (raw relevance, when ``raw`` is among the filters) and, written last, ``<case>_<method>.json``
+(every filter's metrics); each file is written atomically, so after SIGKILL, SIGTERM or Ctrl-C a
+job is complete or absent. A rerun with the same model, data, filters, ``heavy`` and seed reuses the
+complete jobs (``overwrite`` recomputes them), removes the hidden temporary files a killed run left
+there, ends FAILED the ``explain`` runs whose process died, and logs everything under a new parent
+run. The digest covers the checkpoint's bytes, so retrained weights are never mixed with old results.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.atomic import atomic_file, remove_temporary
 from benchmark.data.cases import CaseRef, discover, read_case
 from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.data.nifti import write_volume
@@ -26,14 +38,18 @@ from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.data.splits import Split
 from benchmark.errors import ParameterError
 from benchmark.figures import lesion_slice, relevance_png
+from benchmark.paths import check_writable
 from benchmark.stages.data import model_split
 from benchmark.training.loop import load_model
+from benchmark.training.studies import worker_alive, worker_identity
 from explain.assessment import explain_case
 from explain.attribution import methods as all_methods
-from explain.filters import parse_filters
-from tracking import model_registry
+from explain.filters import RelevanceFilter, parse_filters
+from tracking import model_registry, recovery
 from tracking import runs as tracking
 
+DEFAULT_OUT = Path("explanations")
+"""Where finished method × case jobs are kept between runs (see the module docstring)."""
 HEAVY_CHOICES = ("raw", "all", "none")
 """Where faithfulness and randomisation (many forward passes) run: raw relevance only, every filter, nowhere."""
 
@@ -50,6 +66,10 @@ class ExplanationResult:
         filters: the filter names.
         table: one row per method × filter: its nested ``run_id``, ``method``, ``filter`` and mean metrics.
         split_digest: the digest of the model's split ("" when the model has none).
+        folder: where the method × case jobs are kept.
+        computed: method × case jobs computed by this call.
+        reused: jobs found complete in ``folder`` and not computed again.
+        removed_temporary: temporary files of a killed run removed from ``folder``.
     """
 
     run_id: str
@@ -59,6 +79,10 @@ class ExplanationResult:
     filters: list[str]
     table: list[dict] = field(default_factory=list)
     split_digest: str = ""
+    folder: Path | None = None
+    computed: int = 0
+    reused: int = 0
+    removed_temporary: int = 0
 
     def best_unfiltered(self) -> dict | None:
         """The unfiltered row with the highest evidence mass accuracy (synthetic data), or None."""
@@ -69,6 +93,13 @@ class ExplanationResult:
         """The summary lines the command line prints."""
         lines = [f"explained {len(self.cases)} cases with {len(self.methods)} methods and {len(self.filters)} "
                  f"filters: {len(self.table)} runs under MLflow run {self.run_id}"]
+        if self.folder is not None:
+            line = f"computed {self.computed} method × case jobs, reused {self.reused} from {self.folder}"
+            if self.reused:
+                line += " (--overwrite recomputes them)"
+            if self.removed_temporary:
+                line += f"; removed {self.removed_temporary} temporary files of an interrupted run"
+            lines.append(line)
         best = self.best_unfiltered()
         if best is not None:
             lines.append(f"best evidence mass accuracy without a filter: {best['evidence_mass_accuracy']:.3f} "
@@ -105,7 +136,8 @@ def _chosen_cases(data: Path, cases: int | Sequence[str], modalities: Sequence[s
 
 def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str] | None = None,
                   filters: Sequence[str] = ("raw",), cases: int | Sequence[str] = 2, experiment: str = "",
-                  heavy: str = "raw", seed: int = 0, split: Split | None = None) -> ExplanationResult:
+                  heavy: str = "raw", seed: int = 0, split: Split | None = None, out: str | Path = DEFAULT_OUT,
+                  overwrite: bool = False) -> ExplanationResult:
     """Explain a model on a few cases with every method × filter, and log it all.
 
     Args:
@@ -120,9 +152,11 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         heavy: one of :data:`HEAVY_CHOICES`.
         seed: random seed of the random and smoothgrad baselines and the randomisation test.
         split: the model's split, when the caller has it (else it is looked up).
+        out: the folder that keeps finished method × case jobs for reruns (see the module docstring).
+        overwrite: recompute jobs already complete in ``out``.
 
     Raises:
-        ParameterError: an unknown method, filter, case or ``heavy``.
+        ParameterError: an unknown method, filter, case or ``heavy``, or an ``out`` that cannot be written.
         TrackingError: the model does not resolve.
         DataError: the data changed since the model's split was saved.
     """
@@ -132,6 +166,7 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
     relevance_filters = parse_filters(list(filters))
     if heavy not in HEAVY_CHOICES:
         raise ParameterError(f"heavy '{heavy}' is unknown: choose from {', '.join(HEAVY_CHOICES)}")
+    check_writable(out, "explanations folder")
     tracking.setup(experiment)
     experiment = experiment or tracking.default_experiment()
     checkpoint, preprocess, model_run = model_registry.resolve_model(model, experiment)
@@ -147,53 +182,111 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         cases = [cases]
     refs = _chosen_cases(folder, cases if isinstance(cases, int) else list(cases), config.modalities, split)
     network = load_model(checkpoint)
-    loaded = [(read_case(r), r) for r in refs]
-    prepared = [prepare(case, config) for case, _ in loaded]
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
               "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
               "split": split.digest if split is not None else ""}
+    settings = {"checkpoint_sha1": _sha1(checkpoint), "model_run": model_run or "", "preprocess": config.to_dict(),
+                "data": str(folder.resolve()), "filters": [f.name for f in relevance_filters], "heavy": heavy,
+                "seed": seed, "split": params["split"]}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    work = Path(out) / f"{model_run[:8] if model_run else 'checkpoint'}-{digest}"
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(work / "settings.json", settings)
     result = ExplanationResult("", model_run, [r.case_id for r in refs], names, [f.name for f in relevance_filters],
-                               split_digest=params["split"])
-    explained: dict[tuple[str, str], list] = {}
+                               split_digest=params["split"], folder=work, removed_temporary=remove_temporary(work))
+    recovery.fail_stale_runs(experiment, None, lambda worker: worker_alive(worker) is False, kind="explain")
+    cases_read: dict[str, tuple] = {}
+    records: list[dict] = []
+    for method, ref in tqdm([(m, r) for m in names for r in refs], desc="explaining", unit="case"):
+        record = None if overwrite else _finished(work, method, ref.case_id)
+        if record is None:
+            if ref.case_id not in cases_read:
+                case = read_case(ref)
+                cases_read[ref.case_id] = (case, prepare(case, config))
+            case, p = cases_read[ref.case_id]
+            record = _explain_job(work, network, case, p, method, relevance_filters, config, heavy, seed)
+            result.computed += 1
+        else:
+            result.reused += 1
+        records.append(record)
     with tempfile.TemporaryDirectory() as tmp, tracking.explain_run(model_run, params) as parent:
+        recovery.tag_worker(worker_identity())
         result.run_id = parent.info.run_id
-        work = Path(tmp)
-        jobs = [(method, p) for method in names for p in prepared]
-        for method, p in tqdm(jobs, desc="explaining", unit="case"):
-            for e in explain_case(network, p.image, p.label > 0.5, p.evidence, config.modalities, method,
-                                  relevance_filters, case_id=p.case_id, heavy=heavy, seed=seed):
-                explained.setdefault((method, e.filter.name), []).append(e)
         per_case = []
-        for (method, filter_name), explanations in explained.items():
-            f = explanations[0].filter
-            run_params = {"method": method, "filter": filter_name, "filter_kind": f.kind, "filter_mode": f.mode,
-                          "filter_low": f.low, "filter_high": f.high, "cases": len(explanations),
-                          "model_run": model_run or ""}
-            with tracking.explanation_run(method, filter_name, run_params) as child:
-                keys = sorted(set().union(*(e.metrics for e in explanations)))
-                means = {k: float(np.nanmean([e.metrics.get(k, np.nan) for e in explanations])) for k in keys}
-                tracking.log_summary(means)
-                if f.kind == "raw":
-                    tracking.log_artifacts(_case_outputs(work / method, explanations, loaded, prepared, config),
-                                           "relevance")
-                result.table.append({"run_id": child.info.run_id, "method": method, "filter": filter_name, **means})
-                per_case += [{"run_id": child.info.run_id, "method": method, "filter": filter_name,
-                              "case": e.case_id, **e.metrics} for e in explanations]
+        for method in names:
+            for f in relevance_filters:
+                done = [r for r in records if r["method"] == method and f.name in r["filters"]]
+                if not done:  # a baseline takes raw and post-hoc filters only
+                    continue
+                run_params = {"method": method, "filter": f.name, "filter_kind": f.kind, "filter_mode": f.mode,
+                              "filter_low": f.low, "filter_high": f.high, "cases": len(done),
+                              "model_run": model_run or ""}
+                with tracking.explanation_run(method, f.name, run_params) as child:
+                    metrics = [r["filters"][f.name] for r in done]
+                    keys = sorted(set().union(*metrics))
+                    means = {k: float(np.nanmean([m.get(k, np.nan) for m in metrics])) for k in keys}
+                    tracking.log_summary(means)
+                    if f.kind == "raw":
+                        tracking.log_artifacts([work / name for r in done for name in r["files"]], "relevance")
+                    result.table.append({"run_id": child.info.run_id, "method": method, "filter": f.name, **means})
+                    per_case += [{"run_id": child.info.run_id, "method": method, "filter": f.name,
+                                  "case": r["case"], **r["filters"][f.name]} for r in done]
         import pandas as pd
 
-        summary = work / "explanations.csv"
+        summary = Path(tmp) / "explanations.csv"
         pd.DataFrame(result.table).to_csv(summary, index=False)
         tracking.log_artifacts([summary], "")
         tracking.log_cases(per_case)
     return result
 
 
-def _case_outputs(folder: Path, explanations, loaded, prepared, config: PreprocessConfig) -> list[Path]:
-    """Per case: relevance NIfTI on the native grid (one volume per modality) and a PNG."""
-    by_id = {p.case_id: (case, p) for (case, _), p in zip(loaded, prepared)}
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _finished(work: Path, method: str, case_id: str) -> dict | None:
+    """The record of a complete job (its JSON and every file it names exist), or None to compute it.
+
+    The folder's name is the digest of every setting but the method and case, so a record found
+    there was made with this request's filters.
+    """
+    try:
+        record = json.loads((work / f"{case_id}_{method}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("case") != case_id or record.get("method") != method:
+        return None
+    if not isinstance(record.get("filters"), dict) or not all((work / n).is_file() for n in record.get("files", [])):
+        return None
+    return record
+
+
+def _explain_job(work: Path, network, case, p, method: str, filters: Sequence[RelevanceFilter],
+                 config: PreprocessConfig, heavy: str, seed: int) -> dict:
+    """Explain one case with one method; write its raw relevance (NIfTI, PNG), then its JSON record."""
+    explanations = explain_case(network, p.image, p.label > 0.5, p.evidence, config.modalities, method, filters,
+                                case_id=p.case_id, heavy=heavy, seed=seed)
+    raw = [e for e in explanations if e.filter.kind == "raw"]
+    files = [path.name for path in _case_outputs(work, raw, case, p, config)]
+    record = {"case": p.case_id, "method": method, "files": files,
+              "filters": {e.filter.name: e.metrics for e in explanations}}
+    _write_json(work / f"{p.case_id}_{method}.json", record)  # last: its presence marks the job complete
+    return record
+
+
+def _case_outputs(folder: Path, explanations, case, p, config: PreprocessConfig) -> list[Path]:
+    """Relevance NIfTI on the native grid (one volume per modality) and a PNG, per explanation of one case."""
     paths = []
     for e in explanations:
-        case, p = by_id[e.case_id]
         native = to_native(e.relevance, case.shape)  # (C, D, H, W)
         paths.append(write_volume(folder / f"{e.case_id}_{e.method}.nii.gz", np.moveaxis(native, 0, -1),
                                   case.affine, dtype=np.float32))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 import time
 import warnings
@@ -36,11 +35,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from benchmark.atomic import atomic_file
+from benchmark.atomic import atomic_file, remove_temporary
 from benchmark.data.cases import CaseRef, prediction_inputs, read_case
 from benchmark.data.nifti import write_volume
 from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.errors import CaseError, DataError, DataWarning, ParameterError
+from benchmark.paths import check_writable
 from models.errors import ModelError
 from models.onnx import Segmenter
 from tracking import model_registry
@@ -51,8 +51,6 @@ NAMINGS: tuple[str, ...] = ("strokelens", "nnunet")
 """Output naming schemes (see the module docstring)."""
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS: tuple[str, ...] = ("case", "status", "lesion_ml", "lesion_voxels", "seconds", "provider", "cause")
-_TEMPORARY = re.compile(r"^\..+\.(nii\.gz\.[a-z0-9_]{8}\.tmp\.nii\.gz|csv\.[a-z0-9_]{8}\.tmp\.csv)$")
-"""Names :func:`benchmark.atomic.atomic_file` gives its temporary NIfTI and CSV files (mkstemp: 8 characters)."""
 
 
 @dataclass
@@ -145,20 +143,6 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
-def _check_writable(output: Path) -> None:
-    """Raise :class:`ParameterError` unless ``output`` is, or can be created as, a writable folder."""
-    if output.exists() and not output.is_dir():
-        raise ParameterError(f"output '{output}' is a file, not a folder: choose another path")
-    existing = output
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ParameterError(f"output '{output}' lies under the file '{existing}': choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ParameterError(f"output '{output}' cannot be written ('{existing}' is read-only for you): "
-                             "choose a writable place")
-
-
 def _make_output(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -168,16 +152,6 @@ def _make_output(output: Path) -> None:
     except OSError as exc:
         raise ParameterError(f"cannot write into output folder '{output}' ({type(exc).__name__}: {exc.strerror}): "
                              "choose a writable place") from exc
-
-
-def remove_temporary(output: Path) -> int:
-    """Remove the hidden temporary files an interrupted run left in ``output``; returns how many."""
-    removed = 0
-    for path in output.iterdir():
-        if path.is_file() and _TEMPORARY.match(path.name):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 def _natural(case: str) -> list:
@@ -257,7 +231,7 @@ def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MO
     if naming not in NAMINGS:
         raise ParameterError(f"naming '{naming}' is unknown: choose {' or '.join(NAMINGS)}")
     output = Path(output)
-    _check_writable(output)
+    check_writable(output, "output")
     if model.startswith(("models:/", "runs:/")):
         tracking.setup()
         onnx_path, sidecar = model_registry.download_onnx_model(model)

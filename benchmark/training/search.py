@@ -35,7 +35,7 @@ from benchmark.data.preprocessing import PreprocessCache, PreprocessConfig
 from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_FILE, Split, make_split
 from benchmark.errors import ParameterError
 from benchmark.figures import overlay_figures
-from benchmark.paths import check_name
+from benchmark.paths import check_name, check_writable
 from benchmark.training.budgets import FamilyPruner, enqueue_cover, is_cover, stop_after
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
@@ -113,6 +113,9 @@ class SearchSettings:
         if self.epochs < 1:
             raise ParameterError(f"epochs must be at least 1 (got {self.epochs})")
         check_name(self.study, "study")  # it becomes <checkpoints>/<study>/: one safe path component
+        if self.experiment:
+            check_name(self.experiment, "experiment")
+        check_writable(self.checkpoints, "checkpoints folder")
         storage_kind(self.storage)  # a storage that is no URL is refused before anything is touched
 
 
