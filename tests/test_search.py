@@ -60,11 +60,12 @@ def test_search_tracks_parent_and_nested_trial_runs(isles_dir, workdir):
         assert [m.step for m in history] == ([0, 1] if states[r.data.tags["strokelens.trial"]] == "complete" else [0])
         assert {"train_loss", "val_hd95", "param_count"} <= set(r.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
-        assert artifacts == {"checkpoint/best.pt", "checkpoint/preprocess.json"}
+        assert artifacts == {"checkpoint/best.pt", "checkpoint/last.pt", "checkpoint/preprocess.json"}
         figures = client.list_artifacts(r.info.run_id, "figures")
         assert figures and all(f.path.endswith(".png") for f in figures)
     assert parent.data.tags["strokelens.best_trial_run"] == result.best_run_id
-    assert parent.data.metrics["best_val_dice"] == pytest.approx(result.best_value)
+    assert parent.data.metrics["study_best_val_dice"] == pytest.approx(result.best_value)
+    assert "best_val_dice" not in parent.data.metrics  # the trials' metric name is theirs alone
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_trial.json", "checkpoint"}
 
 
@@ -247,3 +248,15 @@ def _slowed(fit):
         return fit(*args, **{**kwargs, "on_epoch": wait})
 
     return slowed
+
+
+def test_the_experiment_opens_in_the_training_view_with_a_description(isles_dir, workdir):
+    import tracking.runs
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    mine = client.create_experiment("e", tags={tracking.runs.NOTE_TAG: "my own words"})
+    tracking.runs.setup("e")
+    tags = client.get_experiment(mine).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and tags[tracking.runs.NOTE_TAG] == "my own words"
+    tracking.runs.setup("fresh")
+    assert "strokelens.kind" in client.get_experiment_by_name("fresh").tags[tracking.runs.NOTE_TAG]

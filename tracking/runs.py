@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -61,6 +62,8 @@ TAG_SPLIT = "strokelens.split"
 
 STATE_COMPLETE, STATE_PRUNED, STATE_FAILED = "complete", "pruned", "failed"
 
+PARENT_BEST_PREFIX = "study_best_"
+"""Prefix of the best trial's metrics on a search run (``study_best_val_dice``)."""
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 """Where a trial run keeps its best weights (state_dict + build config, ``weights_only``)."""
 RESUME_ARTIFACT = "checkpoint/last.pt"
@@ -135,6 +138,7 @@ def setup(experiment: str = "") -> str:
             experiment = experiment or default_experiment()
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            describe_experiment(client, experiment_id, found.tags if found else {})
     except TrackingError:
         raise
     except Exception as exc:
@@ -144,6 +148,25 @@ def setup(experiment: str = "") -> str:
     mlflow.set_experiment(experiment_id=experiment_id)
     _SESSION.experiment_id = experiment_id
     return experiment_id
+
+
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""The MLflow UI opens an experiment with this tag in its model-training view, not the GenAI one."""
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = (
+    "strokelens: ischemic-stroke lesion segmentation benchmark. Runs by kind (tag strokelens.kind): search "
+    "(one per search invocation) with its nested trials (hyper-parameters, per-epoch val_dice, checkpoints, "
+    "system metrics), export (ONNX + registry), evaluate (per architecture and clinical rule, per-case "
+    "tables), explain (LRP methods x filters) and report (the leaderboard). Filter a study with "
+    "tags.strokelens.study = '<study>'.")
+
+
+def describe_experiment(client: MlflowClient, experiment_id: str, tags: dict) -> None:
+    """Set the experiment's view (model training) and its description, unless the user already set them."""
+    if EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not tags.get(NOTE_TAG):
+        client.set_experiment_tag(experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
 
 
 def default_experiment() -> str:
@@ -268,9 +291,13 @@ def log_figures(paths: list[Path], folder: str = "figures") -> None:
 
 
 def log_best_trial(run_id: str, number: int, params: dict, metrics: dict) -> None:
-    """Give the parent run the best trial's metrics, parameters and a pointer to its run."""
+    """Give the parent run the best trial's metrics, parameters and a pointer to its run.
+
+    The metrics are named ``study_best_<metric>``, distinct from the trials' own ``best_val_dice``, so
+    the two never share a chart; NaN values are left out.
+    """
     mlflow.set_tag(TAG_BEST_RUN, run_id)
-    mlflow.log_metrics({f"best_{k}": float(v) for k, v in metrics.items()})
+    mlflow.log_metrics({f"{PARENT_BEST_PREFIX}{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))})
     mlflow.log_dict({"run_id": run_id, "trial": number, "params": params, "metrics": metrics},
                     "best_trial.json")
 
