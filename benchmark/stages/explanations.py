@@ -30,6 +30,7 @@ from benchmark.stages.data import model_split
 from benchmark.training.loop import load_model
 from explain.assessment import explain_case
 from explain.attribution import methods as all_methods
+from explain.attribution import unsupported
 from explain.filters import parse_filters
 from tracking import model_registry
 from tracking import runs as tracking
@@ -50,6 +51,8 @@ class ExplanationResult:
         filters: the filter names.
         table: one row per method × filter: its nested ``run_id``, ``method``, ``filter`` and mean metrics.
         split_digest: the digest of the model's split ("" when the model has none).
+        skipped: method → why it cannot explain this model (methods taken from "all" only;
+            ``reference_lrp`` explains the study's architecture only).
     """
 
     run_id: str
@@ -59,6 +62,7 @@ class ExplanationResult:
     filters: list[str]
     table: list[dict] = field(default_factory=list)
     split_digest: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def best_unfiltered(self) -> dict | None:
         """The unfiltered row with the highest evidence mass accuracy (synthetic data), or None."""
@@ -73,6 +77,7 @@ class ExplanationResult:
         if best is not None:
             lines.append(f"best evidence mass accuracy without a filter: {best['evidence_mass_accuracy']:.3f} "
                          f"({best['method']}; the report ranks every method × filter)")
+        lines += [f"skipped {method}: {why}" for method, why in self.skipped.items()]
         return lines
 
 
@@ -113,7 +118,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
             best trial of the latest search.
         data: the data folder (default: the one the model's split was made from, else the
             synthetic default).
-        methods: method names (None: every method).
+        methods: method names (None: every method that can explain the model; the others are
+            left out, with the reason in ``skipped`` and the parent run's ``skipped_methods``).
         filters: filter or grid names (``raw``, ``pass_A_B``, ``clamp_A_B``, ``post_…``, ``study_sweep``).
         cases: how many cases (the split's validation cases first), or a list of case ids.
         experiment: the MLflow experiment (empty: the project run's under ``mlflow run``, else ``strokelens``).
@@ -122,7 +128,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         split: the model's split, when the caller has it (else it is looked up).
 
     Raises:
-        ParameterError: an unknown method, filter, case or ``heavy``.
+        ParameterError: an unknown method, filter, case or ``heavy``, or a method named that cannot
+            explain the model (``reference_lrp`` on anything but ``unet3d_reference``).
         TrackingError: the model does not resolve.
         DataError: the data changed since the model's split was saved.
     """
@@ -147,13 +154,18 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         cases = [cases]
     refs = _chosen_cases(folder, cases if isinstance(cases, int) else list(cases), config.modalities, split)
     network = load_model(checkpoint)
+    skipped = {name: why for name in names if (why := unsupported(network, name))}
+    if skipped and methods and list(methods) != ["all"]:
+        name = next(iter(skipped))
+        raise ParameterError(f"method '{name}' cannot explain this model: {skipped[name]}")
+    names = [name for name in names if name not in skipped]
     loaded = [(read_case(r), r) for r in refs]
     prepared = [prepare(case, config) for case, _ in loaded]
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
               "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
-              "split": split.digest if split is not None else ""}
+              "split": split.digest if split is not None else "", "skipped_methods": ",".join(skipped)}
     result = ExplanationResult("", model_run, [r.case_id for r in refs], names, [f.name for f in relevance_filters],
-                               split_digest=params["split"])
+                               split_digest=params["split"], skipped=skipped)
     explained: dict[tuple[str, str], list] = {}
     with tempfile.TemporaryDirectory() as tmp, tracking.explain_run(model_run, params) as parent:
         result.run_id = parent.info.run_id
