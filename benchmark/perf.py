@@ -6,7 +6,8 @@ Speed targets are checked here, never in timed tests: medians over repeats, devi
 and peak memory per architecture at the study grid 48×48×19; each architecture runs in a fresh
 process so its peak resident memory (CPU) or ``max_memory_allocated`` (CUDA) is its own. On a
 GPU, fp32 and mixed precision are compared.
-``lrp``: seconds of each explanation method against one gradient (forward + backward to the
+``lrp``: seconds of each explanation method that explains ``unet3d`` (all but ``reference_lrp``,
+which explains ``unet3d_reference`` only) against one gradient (forward + backward to the
 input, parameters frozen: the targets are checked against this one; a default backward that also
 computes parameter gradients is reported beside it) on ``unet3d`` at the default width (0.25)
 and at full width, at 48×48×19, medians over repeats timed round-robin (one call of each per
@@ -221,9 +222,10 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
             (logits[:, 1] * mask).sum().backward()  # parameters require grad, as by default
             model.zero_grad(set_to_none=True)
 
+        timed = [m for m in explain.methods() if not explain.unsupported(model, m)]  # not reference_lrp
         calls = {"gradient": gradient, "full_backward": full_backward}
         calls.update({method: (lambda m=method, model=model, x=x: explain.attribute(model, x, m))
-                      for method in explain.methods()})
+                      for method in timed})
         calls["study_sweep"] = lambda model=model, x=x: explain.lrp_sweep(model, x, "lrp_zplus_zbox", sweep)
         seconds = interleaved_medians(calls, repeats)
         flops = {name: conv_flops(fn) for name, fn in calls.items() if name != "full_backward"}  # not reported
@@ -231,7 +233,7 @@ def bench_lrp(widths=(0.25, 1.0), grid_xyz=(48, 48, 19), repeats: int = 5) -> di
         row = {"architecture": "unet3d", "width": width, "parameters": models.parameter_count(model),
                "gradient_s": reference, "gradient_with_parameter_grads_s": with_parameters,
                "gradient_conv_gflop": flops["gradient"] / 1e9, "methods": {}}
-        for method in explain.methods():
+        for method in timed:
             entry = {"seconds": seconds[method], "ratio_to_gradient": seconds[method] / reference,
                      "ratio_to_gradient_with_parameter_grads": seconds[method] / with_parameters,
                      "ratio_to_lrp_epsilon": seconds[method] / seconds["lrp_epsilon"],

@@ -6,18 +6,20 @@ is built from layers with rules (``Linear``, ``Conv1d/2d/3d``, ``ConvTranspose1d
 BatchNorm, activations, pooling, dropout) and the combinator layers of :mod:`explain.layers`
 (``Add``, ``Concat``, ``Multiply``, ``Upsample``); its gates declare the gate protocol
 (``explain_gate = True``, :class:`explain.layers.Gate`). New LRP methods are added with
-:func:`register_composite`. The package imports nothing from the rest of strokelens.
+:func:`register_composite`. ``reference_lrp`` is the study's own propagation, on the study's
+architecture only (:mod:`explain.reference`; ``unsupported(model, method)`` says why not). The
+package imports nothing from the rest of strokelens.
 
 Modules: :mod:`~explain.layers` (combinators, gate protocol), :mod:`~explain.rules` (LRP rules),
 :mod:`~explain.backend` (layer maps, adjoints, oneDNN dispatch), :mod:`~explain.core` (hooks,
 composites), :mod:`~explain.graph` (traced structure), :mod:`~explain.canonizers` (BatchNorm
 merging), :mod:`~explain.composites` (the registry), :mod:`~explain.targets`,
 :mod:`~explain.baselines`, :mod:`~explain.attribution` (the API), :mod:`~explain.filters`,
-:mod:`~explain.metrics`, :mod:`~explain.assessment`.
+:mod:`~explain.metrics`, :mod:`~explain.assessment`, :mod:`~explain.reference` (the study's propagation).
 """
 
-from explain.attribution import attribute, lrp_sweep, methods, relevance_balance, rule_map
+from explain.attribution import attribute, is_lrp, lrp_sweep, methods, relevance_balance, rule_map, unsupported
 from explain.composites import conservation, register_composite
 
-__all__ = ["attribute", "conservation", "lrp_sweep", "methods", "register_composite", "relevance_balance",
-           "rule_map"]
+__all__ = ["attribute", "conservation", "is_lrp", "lrp_sweep", "methods", "register_composite", "relevance_balance",
+           "rule_map", "unsupported"]

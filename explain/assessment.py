@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from explain import metrics as m
-from explain.attribution import LRP_METHODS, attribute, frozen, lrp_sweep, target_mask
+from explain.attribution import attribute, frozen, is_lrp, lrp_sweep, target_mask
 from explain.filters import RelevanceFilter
 
 
@@ -73,14 +73,14 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
         One :class:`Explanation` per applicable filter.
     """
     x = torch.from_numpy(image[None]).float()
-    usable = list(filters) if method in LRP_METHODS else [f for f in filters if f.kind == "raw" or f.mode == "post"]
+    usable = list(filters) if is_lrp(method) else [f for f in filters if f.kind == "raw" or f.mode == "post"]
     if not usable:
         return []
     with frozen(model), torch.no_grad():
         mask = target_mask(model(x))
     started = time.perf_counter()
     explained = None
-    if method in LRP_METHODS:
+    if is_lrp(method):
         relevances, explained = lrp_sweep(model, x, method, usable, **options)
         propagations = 1 + sum(f.mode == "layer" and f.kind != "raw" for f in usable)
     else:
@@ -100,7 +100,7 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
                 values.update(m.region_perturbation(model, x, relevance, mask))
 
                 def again(randomised: nn.Module, f: RelevanceFilter = f) -> np.ndarray:
-                    if method in LRP_METHODS:
+                    if is_lrp(method):
                         return lrp_sweep(randomised, x, method, [f], **options)[0][f.name][0].numpy()
                     return f(attribute(randomised, x, method, seed=seed))[0].numpy()
 

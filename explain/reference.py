@@ -120,6 +120,15 @@ def reference_lrp_sweep(model: nn.Module, x: Tensor, filters: Sequence[Relevance
     Returns:
         Filter name → relevance with x's shape (``raw``, ``pass_0_0.05``, ``post_clamp_0_0.2``, …).
     """
+    return reference_lrp_run(model, x, filters, first_layer=first_layer, concat_factors=concat_factors,
+                             bounds=bounds, skip_slice=skip_slice, stabiliser=stabiliser)[0]
+
+
+def reference_lrp_run(model: nn.Module, x: Tensor, filters: Sequence[RelevanceFilter | str], *,
+                      first_layer: str = "corrected", concat_factors: Sequence[float] = STUDY_CONCAT_FACTORS,
+                      bounds: Sequence[float] = STUDY_BOUNDS, skip_slice: str = "study",
+                      stabiliser: float = STUDY_STABILISER) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`reference_lrp_sweep` and the output map f(x) its relevance starts from (N, K, D, H, W), detached."""
     chosen = [_as_filter(f) for f in filters] or [RelevanceFilter()]
     if first_layer not in FIRST_LAYER_VERSIONS:
         raise ExplainError(f"first_layer '{first_layer}' is unknown: use {' or '.join(FIRST_LAYER_VERSIONS)}")
@@ -133,7 +142,7 @@ def reference_lrp_sweep(model: nn.Module, x: Tensor, filters: Sequence[Relevance
         raise ExplainError(f"bounds must be (low, high) with low < high, got {list(bounds)}")
     if not isinstance(x, Tensor) or x.dim() != 5 or not x.is_floating_point():
         raise ExplainError("x must be a floating-point tensor (N, C, D, H, W)")
-    _check_structure(model, skip_slice)
+    check_architecture(model, skip_slice)
     propagation = _Propagation(model, first_layer, factors, (low, high), skip_slice, float(stabiliser),
                                keep=len(chosen) > 1)
     with _evaluated(model), torch.no_grad():
@@ -149,7 +158,7 @@ def reference_lrp_sweep(model: nn.Module, x: Tensor, filters: Sequence[Relevance
                 out[f.name] = propagation.relprop(output, f)
                 if f.kind == "raw":
                     raw = out[f.name]
-    return out
+    return out, output
 
 
 def _as_filter(f: RelevanceFilter | str | None) -> RelevanceFilter:
@@ -200,8 +209,8 @@ _BLOCK = (("conv1", nn.Conv3d), ("bn1", nn.BatchNorm3d), ("act1", (nn.LeakyReLU,
 _HEAD = (("conv", nn.Conv3d), ("bn", nn.BatchNorm3d), ("relu", nn.ReLU))
 
 
-def _check_structure(model: nn.Module, skip_slice: str) -> None:
-    """Refuse anything but the study's architecture, naming what is missing."""
+def check_architecture(model: nn.Module, skip_slice: str = "study") -> None:
+    """Refuse anything but the study's architecture with an :class:`ExplainError` naming what is missing."""
     def fail(what: str) -> ExplainError:
         return ExplainError(f"reference_lrp explains the study's architecture only (models.build('unet3d_reference', "
                             f"…) or models.from_reference_checkpoint): {type(model).__name__} {what}")

@@ -142,6 +142,10 @@ def add_search_arguments(parser: argparse.ArgumentParser, data: bool = True, see
     parser.add_argument("--architectures", default="",
                         help=f"comma list to search (default: the profile's; known: {', '.join(available())})")
     parser.add_argument("--widths", default="", help="comma list of width multipliers (default: the profile's)")
+    parser.add_argument("--loss", default="auto", help="training loss: dice, dice_ce or ce (the study's "
+                        "cross-entropy); auto: the profile's (paper: ce)")
+    parser.add_argument("--augmentation", default="auto", help="flips, study (rotation, translation and "
+                        "intensity crop as the study's code) or both; auto: the profile's (paper: study)")
     parser.add_argument("--time-budget", type=float, default=-1,
                         help="seconds after which no new trial or epoch starts (-1: profile's, 0: none)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
@@ -160,11 +164,12 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
     """Validated :class:`~benchmark.training.search.SearchSettings` from the flags, before any run."""
     from benchmark.data.defaults import DEFAULT_DATA
     from benchmark.training.loop import resolve_device
-    from benchmark.training.profiles import resolve_profile, restrict
+    from benchmark.training.profiles import resolve_profile, restrict, with_training
     from benchmark.training.search import SearchSettings
 
     profile = restrict(resolve_profile(args.profile, resolve_device(args.device)),
                        split_list(args.architectures), split_list(args.widths))
+    profile = with_training(profile, args.loss.strip(), args.augmentation.strip())
     return SearchSettings(data=Path(args.data) if args.data else DEFAULT_DATA,
                           trials=profile.trials if args.trials is None else args.trials,
                           epochs=profile.epochs if args.epochs is None else args.epochs,

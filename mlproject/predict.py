@@ -13,7 +13,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmark.stages.predict import CSV_NAME, DEFAULT_MODEL, NAMINGS, CaseOutcome, predict_cases
+from benchmark.stages.predict import (
+    CSV_NAME,
+    DEFAULT_MODEL,
+    DEFAULT_SUBMISSION,
+    NAMINGS,
+    CaseOutcome,
+    predict_cases,
+)
 from mlproject._cli import ArgumentParser, run
 
 
@@ -38,9 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold in (0, 1)")
     parser.add_argument("--naming", choices=NAMINGS, default="strokelens",
                         help="strokelens: <case>_lesion.nii.gz and <case>_probability.nii.gz; nnunet: <case>.nii.gz "
-                        "(and <case>_probability.nii.gz with --save-probabilities)")
+                        "(and <case>_probability.nii.gz with --save-probabilities); isles2017: the challenge's "
+                        "SMIR.<name>.<id>.nii, <id> the SMIR id of the case's MTT file")
+    parser.add_argument("--submission", default=DEFAULT_SUBMISSION,
+                        help="the <name> of --naming isles2017's SMIR.<name>.<id>.nii (letters, digits, _ and -)")
     parser.add_argument("--save-probabilities", "--save_probabilities", nargs="?", const=True, default=False,
-                        type=_yes_no, help="with --naming nnunet, also write the probability map")
+                        type=_yes_no, help="with --naming nnunet or isles2017, also write the probability map")
     parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_yes_no,
                         help="redo cases whose outputs exist (default: skip them; a changed --threshold needs this)")
     args = parser.parse_args(argv)
@@ -50,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tqdm.write(f"strokelens predict: case {outcome.case} failed: {outcome.cause}", file=sys.stderr)
 
     result = predict_cases(args.input, args.output, args.model, args.threshold, naming=args.naming,
-                           save_probabilities=args.save_probabilities, overwrite=args.overwrite, on_case=report)
+                           save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+                           submission=args.submission, on_case=report)
     print(result.line())
     if result.failed:
         print(f"strokelens predict: error: {len(result.failed)} of {len(result.outcomes)} cases failed "

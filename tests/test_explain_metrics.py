@@ -102,7 +102,7 @@ def trained(isles_dir):
 def test_lrp_beats_random_on_evidence_mass_accuracy(trained):
     model, cases, config = trained
     scores = {}
-    for method in explain.methods():
+    for method in [name for name in explain.methods() if not explain.unsupported(model, name)]:  # not reference_lrp
         values = []
         for case in cases:
             e = explain_case(model, case.image, case.label > 0.5, case.evidence, config.modalities, method,

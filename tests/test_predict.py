@@ -174,3 +174,33 @@ def test_onnx_model_creates_no_mlflow_store(onnx_model, isles_dir, tmp_path):
                             env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_isles2017_naming_is_the_challenge_submission(onnx_model, isles_dir, nnunet_dir, tmp_path, capsys):
+    out = tmp_path / "submission"
+    code, _, _ = _predict(capsys, "-m", onnx_model, "-i", isles_dir, "-o", out, "--naming", "isles2017",
+                          "--submission", "strokelens_run1")
+    assert code == 0
+    expected = {}
+    for ref in discover(isles_dir):  # <id>: the number after MR_MTT. in the case's MTT file (the study's smir_id)
+        mtt = next((isles_dir / ref.case_id).rglob("*.MR_MTT.*.nii"))
+        expected[f"SMIR.strokelens_run1.{mtt.name.split('.')[-2]}.nii"] = ref
+    assert _outputs(out) == sorted([*expected, "predictions.csv"])
+    for name, ref in expected.items():
+        mask = nib.load(out / name)  # uncompressed NIfTI-1 on the case's grid, as the challenge reads it
+        assert (out / name).read_bytes()[344:348] == b"n+1\0" and mask.get_data_dtype() == np.uint8
+        assert mask.shape == read_case(ref).shape[::-1] and np.allclose(mask.affine, read_case(ref).affine)
+    # MTT need not be an input of the model: the id is found in the case folder
+    adc_only = tmp_path / "adc"
+    model = models.build("resunet3d", 1, width=0.0625).eval()
+    config = PreprocessConfig(modalities=("ADC",), grid=(16, 16, 8)).to_dict()
+    one = str(export_onnx(model, tmp_path / "adc.onnx", config).onnx_path)
+    assert _predict(capsys, "-m", one, "-i", isles_dir / "training_1", "-o", adc_only, "--naming", "isles2017")[0] == 0
+    assert [n for n in _outputs(adc_only) if n.startswith("SMIR.")] == [
+        n.replace("strokelens_run1", "strokelens") for n in expected if expected[n].case_id == "training_1"]
+    code, _, lines = _predict(capsys, "-m", onnx_model, "-i", nnunet_dir / "imagesTs", "-o", tmp_path / "nn",
+                              "--naming", "isles2017")
+    assert code == 2 and any("needs the SMIR id of the case's MTT file" in line for line in lines)
+    code, _, lines = _predict(capsys, "-m", onnx_model, "-i", isles_dir, "-o", tmp_path / "bad", "--naming",
+                              "isles2017", "--submission", "my.run")
+    assert code == 2 and "submission name 'my.run' must be letters" in lines[0]

@@ -257,6 +257,7 @@ def test_the_experiment_opens_in_the_training_view_with_a_description(isles_dir,
     mine = client.create_experiment("e", tags={tracking.runs.NOTE_TAG: "my own words"})
     tracking.runs.setup("e")
     tags = client.get_experiment(mine).tags
-    assert tags["mlflow.experimentKind"] == "custom_model_development" and tags[tracking.runs.NOTE_TAG] == "my own words"
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags[tracking.runs.NOTE_TAG] == "my own words"
     tracking.runs.setup("fresh")
     assert "strokelens.kind" in client.get_experiment_by_name("fresh").tags[tracking.runs.NOTE_TAG]

@@ -240,12 +240,12 @@ def explanation_table(runs: StudyRuns) -> pd.DataFrame:
     rank_score (mean rank over the key metrics), the means of :data:`EXPLANATION_METRICS`,
     ``<primary>_sd`` over cases, above_floor and run_id.
     """
-    from explain.attribution import LRP_METHODS
+    from explain.attribution import is_lrp
 
     rows = []
     for r in runs.explanations:
         method = r.params.get("method", "")
-        kind = "floor" if method == FLOOR_METHOD else "LRP" if method in LRP_METHODS else "baseline"
+        kind = "floor" if method == FLOOR_METHOD else "LRP" if is_lrp(method) else "baseline"
         rows.append({"method": method, "filter": r.params.get("filter", ""), "mode": filter_mode(r.params),
                      "kind": kind, **{k: r.metric(k) for k in EXPLANATION_METRICS}, "run_id": r.run_id})
     table = pd.DataFrame(rows)

@@ -44,6 +44,7 @@ from benchmark.training.loop import load_model
 from benchmark.training.studies import worker_alive, worker_identity
 from explain.assessment import explain_case
 from explain.attribution import methods as all_methods
+from explain.attribution import unsupported
 from explain.filters import RelevanceFilter, parse_filters
 from tracking import model_registry, recovery
 from tracking import runs as tracking
@@ -70,6 +71,8 @@ class ExplanationResult:
         computed: method × case jobs computed by this call.
         reused: jobs found complete in ``folder`` and not computed again.
         removed_temporary: temporary files of a killed run removed from ``folder``.
+        skipped: method → why it cannot explain this model (methods taken from "all" only;
+            ``reference_lrp`` explains the study's architecture only).
     """
 
     run_id: str
@@ -83,6 +86,7 @@ class ExplanationResult:
     computed: int = 0
     reused: int = 0
     removed_temporary: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def best_unfiltered(self) -> dict | None:
         """The unfiltered row with the highest evidence mass accuracy (synthetic data), or None."""
@@ -104,6 +108,7 @@ class ExplanationResult:
         if best is not None:
             lines.append(f"best evidence mass accuracy without a filter: {best['evidence_mass_accuracy']:.3f} "
                          f"({best['method']}; the report ranks every method × filter)")
+        lines += [f"skipped {method}: {why}" for method, why in self.skipped.items()]
         return lines
 
 
@@ -145,7 +150,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
             best trial of the latest search.
         data: the data folder (default: the one the model's split was made from, else the
             synthetic default).
-        methods: method names (None: every method).
+        methods: method names (None: every method that can explain the model; the others are
+            left out, with the reason in ``skipped`` and the parent run's ``skipped_methods``).
         filters: filter or grid names (``raw``, ``pass_A_B``, ``clamp_A_B``, ``post_…``, ``study_sweep``).
         cases: how many cases (the split's validation cases first), or a list of case ids.
         experiment: the MLflow experiment (empty: the project run's under ``mlflow run``, else ``strokelens``).
@@ -156,7 +162,9 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         overwrite: recompute jobs already complete in ``out``.
 
     Raises:
-        ParameterError: an unknown method, filter, case or ``heavy``, or an ``out`` that cannot be written.
+        ParameterError: an unknown method, filter, case or ``heavy``, an ``out`` that cannot be written,
+            or a method named that cannot explain the model (``reference_lrp`` on anything but
+            ``unet3d_reference``).
         TrackingError: the model does not resolve.
         DataError: the data changed since the model's split was saved.
     """
@@ -182,9 +190,14 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         cases = [cases]
     refs = _chosen_cases(folder, cases if isinstance(cases, int) else list(cases), config.modalities, split)
     network = load_model(checkpoint)
+    skipped = {name: why for name in names if (why := unsupported(network, name))}
+    if skipped and methods and list(methods) != ["all"]:
+        name = next(iter(skipped))
+        raise ParameterError(f"method '{name}' cannot explain this model: {skipped[name]}")
+    names = [name for name in names if name not in skipped]
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
               "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
-              "split": split.digest if split is not None else ""}
+              "split": split.digest if split is not None else "", "skipped_methods": ",".join(skipped)}
     settings = {"checkpoint_sha1": _sha1(checkpoint), "model_run": model_run or "", "preprocess": config.to_dict(),
                 "data": str(folder.resolve()), "filters": [f.name for f in relevance_filters], "heavy": heavy,
                 "seed": seed, "split": params["split"]}
@@ -193,7 +206,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
     work.mkdir(parents=True, exist_ok=True)
     _write_json(work / "settings.json", settings)
     result = ExplanationResult("", model_run, [r.case_id for r in refs], names, [f.name for f in relevance_filters],
-                               split_digest=params["split"], folder=work, removed_temporary=remove_temporary(work))
+                               split_digest=params["split"], folder=work, removed_temporary=remove_temporary(work),
+                               skipped=skipped)
     recovery.fail_stale_runs(experiment, None, lambda worker: worker_alive(worker) is False, kind="explain")
     cases_read: dict[str, tuple] = {}
     records: list[dict] = []

@@ -11,6 +11,12 @@ its original affine and header, each atomically (complete or absent):
 * ``naming="nnunet"``: ``<case>.nii.gz`` (uint8 mask) as nnU-Net's ``nnUNetv2_predict`` names it, and
   ``<case>_probability.nii.gz`` (float32) only with ``save_probabilities`` (nnU-Net writes ``.npz``
   there; ours stays NIfTI on the native grid).
+* ``naming="isles2017"``: ``SMIR.<name>.<id>.nii`` (uint8 mask, uncompressed), the ISLES 2017
+  challenge's submission name: ``<name>`` the submission's name (``submission``, letters, digits,
+  ``_`` and ``-``), ``<id>`` the SMIR id of the case's MTT volume (the number after ``MR_MTT.`` in its
+  file name, e.g. ``127014``), as the study's ``save_one_case`` writes it (``dataio/dataISLES2017.py:43-55,
+  144-149``); ``<case>_probability.nii.gz`` only with ``save_probabilities``. A case without an MTT
+  file of that name (an nnU-Net image set) fails with that reason.
 
 Mask = probability > ``threshold``. Each bad case (missing modality, corrupt or NaN file, files on
 different grids) is reported and the others go on; labels are never read. A case whose outputs all
@@ -47,8 +53,12 @@ from tracking import model_registry
 from tracking import runs as tracking
 
 DEFAULT_MODEL = f"models:/{model_registry.REGISTERED_MODEL}@{model_registry.CHAMPION_ALIAS}"
-NAMINGS: tuple[str, ...] = ("strokelens", "nnunet")
+NAMINGS: tuple[str, ...] = ("strokelens", "nnunet", "isles2017")
 """Output naming schemes (see the module docstring)."""
+DEFAULT_SUBMISSION = "strokelens"
+"""The ``<name>`` of ``SMIR.<name>.<id>.nii`` when none is given."""
+_SUBMISSION = re.compile(r"[A-Za-z0-9_-]+")
+_SMIR_ID = re.compile(r"\.MR_MTT\.(\d+)(?:\.|$)", re.IGNORECASE)
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS: tuple[str, ...] = ("case", "status", "lesion_ml", "lesion_voxels", "seconds", "provider", "cause")
 
@@ -121,8 +131,51 @@ class PredictionResult:
         return text + f" ({self.seconds_per_case:.2f} s per case, provider {self.provider}; volumes in {CSV_NAME})"
 
 
-def output_names(case_id: str, naming: str = "strokelens", save_probabilities: bool = False) -> dict[str, str]:
-    """File names of a case's outputs, ``{"mask": …, "probability": …}`` (see the module docstring)."""
+def smir_id(ref: CaseRef) -> str:
+    """The SMIR id of an ISLES 2017 case: the number after ``MR_MTT.`` in its MTT file's name.
+
+    The MTT file is the model's input when MTT is among its modalities, else it is looked up in the
+    case's folder (the folder named like the case above its files).
+
+    Raises:
+        CaseError: the case has no ``*.MR_MTT.<id>`` file (an nnU-Net image set, say).
+    """
+    candidates = [ref.images["MTT"]] if "MTT" in ref.images else []
+    if not candidates:
+        folders = [p for path in ref.images.values() for p in path.parents if p.name == ref.case_id]
+        if folders:
+            candidates = sorted(p for p in folders[0].rglob("*") if _SMIR_ID.search(p.name) and p.is_file())
+    for path in candidates:
+        match = _SMIR_ID.search(path.name)
+        if match:
+            return match.group(1)
+    raise CaseError(ref.case_id, f"case {ref.case_id}: --naming isles2017 needs the SMIR id of the case's MTT file "
+                    "(*.MR_MTT.<id>.nii, ISLES 2017 layout), and there is none: use --naming strokelens or nnunet")
+
+
+def check_submission(name: str) -> str:
+    """Return ``name`` if it can be the ``<name>`` of ``SMIR.<name>.<id>.nii``, else raise :class:`ParameterError`."""
+    if not isinstance(name, str) or not _SUBMISSION.fullmatch(name):
+        raise ParameterError(f"submission name {name!r} must be letters, digits, '_' or '-' (it becomes "
+                             "SMIR.<name>.<id>.nii), e.g. strokelens_run1")
+    return name
+
+
+def output_names(case_id: str, naming: str = "strokelens", save_probabilities: bool = False, *,
+                 submission: str = DEFAULT_SUBMISSION, case_smir_id: str = "") -> dict[str, str]:
+    """File names of a case's outputs, ``{"mask": …, "probability": …}`` (see the module docstring).
+
+    ``submission`` and ``case_smir_id`` (:func:`smir_id`) are the ``<name>`` and ``<id>`` of the
+    ``isles2017`` naming.
+    """
+    if naming == "isles2017":
+        if not case_smir_id.isdigit():
+            raise ParameterError(f"case {case_id}: the isles2017 naming needs the case's numeric SMIR id, "
+                                 f"got {case_smir_id!r}")
+        names = {"mask": f"SMIR.{check_submission(submission)}.{case_smir_id}.nii"}
+        if save_probabilities:
+            names["probability"] = f"{case_id}_probability.nii.gz"
+        return names
     if naming == "nnunet":
         names = {"mask": f"{case_id}.nii.gz"}
         if save_probabilities:
@@ -204,6 +257,7 @@ def _cause(case_id: str, exc: Exception) -> str:
 
 def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MODEL, threshold: float = 0.5, *,
                   naming: str = "strokelens", save_probabilities: bool = False, overwrite: bool = False,
+                  submission: str = DEFAULT_SUBMISSION,
                   on_case: Callable[[CaseOutcome], None] | None = None) -> PredictionResult:
     """Predict every case of ``input`` into ``output`` (see the module docstring).
 
@@ -212,9 +266,10 @@ def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MO
         output: the folder that receives the NIfTI outputs and ``predictions.csv``.
         model: a ``models:/`` or ``runs:/`` URI, or an ``.onnx`` path.
         threshold: lesion probability threshold of the mask, in (0, 1).
-        naming: ``strokelens`` or ``nnunet`` output names.
-        save_probabilities: with ``nnunet`` naming, also write the probability map.
+        naming: ``strokelens``, ``nnunet`` or ``isles2017`` output names.
+        save_probabilities: with ``nnunet`` or ``isles2017`` naming, also write the probability map.
         overwrite: redo cases whose outputs already exist (default: skip them).
+        submission: the ``<name>`` of the ``isles2017`` naming's ``SMIR.<name>.<id>.nii``.
         on_case: called with each case's outcome as soon as it is known (the CLI prints failures).
 
     Returns:
@@ -229,7 +284,8 @@ def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MO
 
     threshold = check_threshold(threshold)
     if naming not in NAMINGS:
-        raise ParameterError(f"naming '{naming}' is unknown: choose {' or '.join(NAMINGS)}")
+        raise ParameterError(f"naming '{naming}' is unknown: choose {', '.join(NAMINGS)}")
+    check_submission(submission)
     output = Path(output)
     check_writable(output, "output")
     if model.startswith(("models:/", "runs:/")):
@@ -255,7 +311,14 @@ def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MO
     for problem in problems:
         record(CaseOutcome(problem.case_id, "failed", cause=_cause(problem.case_id, problem)))
     for ref in tqdm(refs, desc="predicting", unit="case"):
-        paths = {kind: output / name for kind, name in output_names(ref.case_id, naming, save_probabilities).items()}
+        try:
+            identity = smir_id(ref) if naming == "isles2017" else ""
+        except CaseError as exc:
+            record(CaseOutcome(ref.case_id, "failed", cause=_cause(ref.case_id, exc)))
+            _write_csv(output, outcomes)
+            continue
+        names = output_names(ref.case_id, naming, save_probabilities, submission=submission, case_smir_id=identity)
+        paths = {kind: output / name for kind, name in names.items()}
         skipped = None if overwrite else _skipped(ref, paths, previous)
         if skipped is not None:
             record(skipped)

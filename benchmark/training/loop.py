@@ -6,9 +6,16 @@ calls :func:`fit` with an ``on_epoch`` callback that reports to Optuna and MLflo
 
 Losses (``p`` = lesion probability, ``t`` = lesion fraction of the voxel, sums over the batch):
 
-* ``dice`` (the study's soft Dice, smooth s = 1): ``1 − (2 Σ p t + s) / (Σ p + Σ t + s)``.
-* ``dice_ce``: ``dice + CE`` with CE the voxel-mean cross-entropy of the two-class logits
-  against the target fraction.
+* ``ce`` (the study's training loss, ``nn.CrossEntropyLoss()`` in its
+  ``pipeline/training_aux.py:24``): the voxel-mean cross-entropy of the two-class logits,
+  ``−mean(t log p + (1 − t) log(1 − p))``; for t ∈ {0, 1} (the study's nearest-resized labels) it
+  equals ``nn.CrossEntropyLoss`` with class indices, our resampled fractions are soft targets.
+* ``dice`` (the study's soft Dice, smooth s = 1, which it reports but does not train with):
+  ``1 − (2 Σ p t + s) / (Σ p + Σ t + s)``.
+* ``dice_ce``: ``dice + ce``.
+
+Augmentations (:class:`Augmenter`): ``flips`` (random flips and intensity jitter), ``study`` (the
+study's rotation, translation and intensity crop), ``both`` (study, then flips).
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.inference import predict_probability
 from benchmark.evaluation.segmentation import METRIC_NAMES, segmentation_metrics
 
-LOSSES: tuple[str, ...] = ("dice", "dice_ce")
+LOSSES: tuple[str, ...] = ("dice", "dice_ce", "ce")
+"""Training losses (module docstring); ``ce`` is the study's."""
+
+AUGMENTATIONS: tuple[str, ...] = ("flips", "study", "both")
+"""Augmentation kinds (:class:`Augmenter`); ``study`` is the study's ``rotate_then_clip_translate``."""
 
 
 @dataclass
@@ -43,9 +54,11 @@ class TrainConfig:
         batch_size: volumes per step.
         lr: Adam learning rate.
         betas: Adam betas.
-        weight_decay: Adam weight decay (L2).
-        loss: ``dice`` or ``dice_ce``.
-        augment: augmentation strength in [0, 1] (0 turns it off).
+        weight_decay: Adam weight decay (L2; the study's Adam has none).
+        loss: one of :data:`LOSSES`.
+        augment: augmentation strength in [0, 1] (0 turns it off); for ``study`` the fraction of
+            volumes augmented (the study: 9 of its 10 copies of a case, 0.9).
+        augmentation: one of :data:`AUGMENTATIONS`.
         patience: early stopping after this many epochs without a better validation Dice
             (0 turns it off).
         seed: seeds Python, NumPy and torch (deterministic on CPU).
@@ -61,6 +74,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     loss: str = "dice"
     augment: float = 0.5
+    augmentation: str = "flips"
     patience: int = 10
     seed: int = 0
     device: str = "auto"
@@ -73,9 +87,12 @@ class TrainConfig:
         if self.batch_size < 1:
             raise ParameterError(f"batch_size must be at least 1 (got {self.batch_size})")
         if self.loss not in LOSSES:
-            raise ParameterError(f"loss '{self.loss}' is unknown: choose {' or '.join(LOSSES)}")
+            raise ParameterError(f"loss '{self.loss}' is unknown: choose {', '.join(LOSSES)}")
         if not 0 <= self.augment <= 1:
             raise ParameterError(f"augment must be within [0, 1] (got {self.augment})")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ParameterError(f"augmentation '{self.augmentation}' is unknown: choose "
+                                 f"{', '.join(AUGMENTATIONS)}")
         if not self.lr > 0:
             raise ParameterError(f"lr must be positive (got {self.lr})")
 
@@ -105,43 +122,149 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1.0 - (2.0 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
 
 
+def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The study's loss: voxel-mean two-class cross-entropy against the target fraction (module docstring)."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    return -(target * log_p[:, 1] + (1 - target) * log_p[:, 0]).mean()
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Soft Dice plus voxel-mean cross-entropy against the target fraction."""
-    log_p = torch.log_softmax(logits.float(), dim=1)
-    ce = -(target * log_p[:, 1] + (1 - target) * log_p[:, 0]).mean()
-    return soft_dice_loss(logits, target) + ce
+    return soft_dice_loss(logits, target) + cross_entropy_loss(logits, target)
 
 
 def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss called ``name`` (see :data:`LOSSES`)."""
-    if name not in LOSSES:
-        raise ParameterError(f"loss '{name}' is unknown: choose {' or '.join(LOSSES)}")
-    return soft_dice_loss if name == "dice" else dice_ce_loss
+    losses = {"dice": soft_dice_loss, "dice_ce": dice_ce_loss, "ce": cross_entropy_loss}
+    if name not in losses:
+        raise ParameterError(f"loss '{name}' is unknown: choose {', '.join(LOSSES)}")
+    return losses[name]
+
+
+STUDY_ROTATION_DEG = 20.0
+"""θ ~ U(−20°, 20°), rounded to 0.1°, about the slice axis (the study's ``utils/custom_augment.py:18,34``)."""
+
+STUDY_SHIFT_FRACTION = 0.2
+"""Shifts up to ⌈0.2 · n⌉ voxels along each axis of n voxels (``utils/custom_augment.py:17,19-21,35-37``)."""
+
+STUDY_CROP_LOW = 0.3
+"""The intensity crop's upper bound c ~ U(0.3, 1), rounded to 0.01 (``utils/custom_augment.py:22,38``)."""
+
+
+def rotate_slices(volume: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate every axial slice of ``volume`` (…, H, W) about its centre exactly as ``PIL.Image.rotate`` does.
+
+    Nearest neighbour, no expansion, zero fill, positive angles counter-clockwise on screen (the
+    study's ``utils/augment.py:18-20``). Pillow maps output pixel (row i, column j) to input pixel
+    (⌊y⌋, ⌊x⌋) with (x, y) = M · (j + ½, i + ½) + t, M the rotation by −θ about (W/2, H/2), in 16.16
+    fixed point (its ``Image.rotate`` and ``affine_fixed`` in ``libImaging/Geometry.c``); the same
+    integer arithmetic is done here, so the result is Pillow's voxel for voxel.
+    """
+    h, w = volume.shape[-2:]
+    if degrees % 360.0 == 0:
+        return volume.clone()
+    angle = -math.radians(degrees % 360.0)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    cx, cy = w / 2.0, h / 2.0
+    c = a * -cx + b * -cy + cx
+    f = d * -cx + e * -cy + cy
+
+    def fix(v: float) -> int:
+        return math.floor(v * 65536.0 + 0.5)
+
+    rows = torch.arange(h, dtype=torch.int64)[:, None]
+    cols = torch.arange(w, dtype=torch.int64)[None, :]
+    xin = torch.div(fix(c + a * 0.5 + b * 0.5) + rows * fix(b) + cols * fix(a), 65536, rounding_mode="floor")
+    yin = torch.div(fix(f + d * 0.5 + e * 0.5) + rows * fix(e) + cols * fix(d), 65536, rounding_mode="floor")
+    valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    return volume[..., yin.clamp(0, h - 1), xin.clamp(0, w - 1)] * valid.to(volume.dtype)
+
+
+def translate(volume: torch.Tensor, voxels: int, axis: int) -> torch.Tensor:
+    """Translate ``volume`` by ``voxels`` along ``axis`` (positive: towards higher indices), zero-filled."""
+    if voxels == 0:
+        return volume
+    out = torch.zeros_like(volume)
+    n = volume.shape[axis]
+    k = min(abs(voxels), n)
+    if voxels > 0:
+        out.narrow(axis, k, n - k).copy_(volume.narrow(axis, 0, n - k))
+    else:
+        out.narrow(axis, 0, n - k).copy_(volume.narrow(axis, k, n - k))
+    return out
 
 
 class Augmenter:
-    """Random 3-D augmentation of a batch, strength ``s`` in [0, 1].
+    """Random 3-D augmentation of a batch, strength ``s`` in [0, 1], of one :data:`AUGMENTATIONS` kind.
 
-    Per volume: a flip along each spatial axis with probability 0.5·s (H and W) and 0.25·s (D),
-    intensity ``x × (1 + U(−0.15, 0.15)·s) + U(−0.1, 0.1)·s`` per channel, Gaussian noise of
-    standard deviation 0.03·s. Labels get the same flips.
+    ``flips``: per volume, a flip along each spatial axis with probability 0.5·s (H and W) and
+    0.25·s (D), intensity ``x × (1 + U(−0.15, 0.15)·s) + U(−0.1, 0.1)·s`` per channel, Gaussian
+    noise of standard deviation 0.03·s. Labels get the same flips.
+
+    ``study``: the study's ``rotate_then_clip_translate`` (``utils/custom_augment.py:32-64``,
+    ``dataio/dataISLES2017.py:276-308``), applied to a volume with probability s (the study made 10
+    copies of each case, the first unchanged: s = 0.9): every axial slice rotated by θ ~ U(−20°, 20°)
+    (rounded to 0.1°, :func:`rotate_slices`, nearest neighbour), then shifted (:func:`translate`) by ⌊U(−r, r)⌋ voxels
+    along D, H and W with r = ⌈0.2 · size⌉ (zero fill), and the image's intensities clipped to [0, c],
+    c ~ U(0.3, 1) rounded to 0.01 (the study's "crop"; it assumes inputs in [0, 1], the ``minmax``
+    normalisation). The label gets the same rotation and shifts (nearest, so fractions stay fractions),
+    not the clip. The study drew its copies once before training; here they are drawn per batch.
+
+    ``both``: ``study``, then ``flips``.
 
     Args:
         strength: s; 0 returns batches unchanged.
         seed: seeds the augmenter's own generator (independent of the model's).
+        kind: one of :data:`AUGMENTATIONS`.
     """
 
-    def __init__(self, strength: float, seed: int = 0):
-        self.strength = strength
+    def __init__(self, strength: float, seed: int = 0, kind: str = "flips"):
+        if kind not in AUGMENTATIONS:
+            raise ParameterError(f"augmentation '{kind}' is unknown: choose {', '.join(AUGMENTATIONS)}")
+        self.strength, self.kind = strength, kind
         self.generator = torch.Generator().manual_seed(seed)
 
     def _uniform(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)
 
+    def _between(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand(1, generator=self.generator, dtype=torch.float64))
+
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.strength
-        if s <= 0:
+        if self.strength <= 0:
             return image, label
+        if self.kind in ("study", "both"):
+            image, label = self.study(image, label)
+        if self.kind in ("flips", "both"):
+            image, label = self.flips(image, label)
+        return image, label
+
+    def study_parameters(self, grid: tuple[int, int, int]) -> dict:
+        """One draw of the study's parameters for a (D, H, W) grid (its ``generate_random_augment_params``)."""
+        shifts = []
+        for n in grid:
+            r = math.ceil(n * STUDY_SHIFT_FRACTION)
+            shifts.append(math.floor(self._between(-r, r)))
+        return {"degrees": round(self._between(-STUDY_ROTATION_DEG, STUDY_ROTATION_DEG), 1), "shifts": shifts,
+                "crop": round(self._between(STUDY_CROP_LOW, 1.0), 2)}
+
+    def study(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``study`` kind on (N, C, D, H, W) images and (N, D, H, W) labels (class docstring)."""
+        image, label = image.clone(), label.clone()
+        for i in range(image.shape[0]):
+            if float(self._uniform(1)) >= self.strength:
+                continue
+            p = self.study_parameters(tuple(image.shape[2:]))
+            x, y = rotate_slices(image[i], p["degrees"]), rotate_slices(label[i], p["degrees"])
+            for axis, voxels in enumerate(p["shifts"]):
+                x, y = translate(x, voxels, axis + 1), translate(y, voxels, axis)
+            image[i], label[i] = x.clamp(0.0, p["crop"]), y
+        return image, label
+
+    def flips(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``flips`` kind (class docstring)."""
+        s = self.strength
         image, label = image.clone(), label.clone()
         n, c = image.shape[:2]
         for i in range(n):
@@ -334,7 +457,7 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
                                  weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
     loss_fn = loss_function(config.loss)
-    augmenter = Augmenter(config.augment, seed=config.seed + 1)
+    augmenter = Augmenter(config.augment, seed=config.seed + 1, kind=config.augmentation)
     order = torch.Generator().manual_seed(config.seed + 2)
     stopper = EarlyStopping(config.patience)
     history: list[dict] = []

@@ -1,7 +1,23 @@
 """Search profiles: the budget, the space searched and the training grid, chosen by name.
 
 ``default`` fits a 2-core CPU in minutes; ``gpu`` is what ``default`` becomes on CUDA; ``paper``
-trains the study's network with the study's settings.
+trains the study's network (``unet3d_reference``) with the study's settings, read from its public code
+(``../shared/seed/code/isles2017``):
+
+* loss: plain cross-entropy, ``criterion = nn.CrossEntropyLoss()`` (``pipeline/training_aux.py:24``,
+  used in ``utils/loss.py:62``); soft Dice is only an evaluation metric there;
+* optimiser: Adam, lr 2e-4, betas (0.5, 0.9) (``config.json:25-29``), and no weight decay: its Adam
+  branch passes only lr and betas (``utils/optimizer.py:14-15``; the configured ``weight_decay``
+  1e-5 reaches SGD only, ``utils/optimizer.py:9-11``);
+* augmentation: ``rotate_then_clip_translate`` (``dataio/dataISLES2017.py:200-213``,
+  ``utils/custom_augment.py:17-64``): 10 copies per case, the first unchanged, so a volume is
+  augmented with probability 0.9 (:class:`benchmark.training.loop.Augmenter`, ``study``). The
+  study's shipped configurations select ``no_augmentation`` (``config.json:45-47``); the profile
+  uses the augmentation its code offers (``--augmentation flips`` with augment 0, or a new profile,
+  turns it off);
+* batch size: 1 (``config.json:16``); input grid 48×48×19 (``config.json:22``).
+
+Epochs are not among the published settings (the shipped ``config.json:17`` says 2); the profile keeps 100.
 """
 
 from __future__ import annotations
@@ -12,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.errors import ParameterError
+from benchmark.training.loop import AUGMENTATIONS, LOSSES
 from models.registry import available
 
 
@@ -30,6 +47,7 @@ class Profile:
         weight_decay: (low, high) log-uniform range.
         losses: losses searched.
         augment: (low, high) augmentation strength range.
+        augmentation: the augmentation kind (:data:`benchmark.training.loop.AUGMENTATIONS`; not searched).
         batch_size: volumes per step.
         patience: early-stopping patience in epochs.
         warmup: epochs before the pruner may stop a trial.
@@ -50,6 +68,7 @@ class Profile:
     weight_decay: tuple[float, float] = (1e-6, 1e-4)
     losses: tuple[str, ...] = ("dice", "dice_ce")
     augment: tuple[float, float] = (0.0, 0.8)
+    augmentation: str = "flips"
     batch_size: int = 2
     patience: int = 8
     warmup: int = 4
@@ -75,10 +94,10 @@ PROFILES: dict[str, Profile] = {
         first={"architecture": "unet3d", "width": 1.0, "lr": 1e-3, "weight_decay": 1e-5,
                "loss": "dice_ce", "augment": 0.5}),
     "paper": Profile(
-        name="paper", trials=1, epochs=100, architectures=("unet3d",), widths=(1.0,), batch_size=2,
-        patience=0, warmup=10**6,
-        fixed={"architecture": "unet3d", "width": 1.0, "lr": 2e-4, "weight_decay": 1e-5,
-               "loss": "dice", "augment": 0.0}),
+        name="paper", trials=1, epochs=100, architectures=("unet3d_reference",), widths=(1.0,), batch_size=1,
+        patience=0, warmup=10**6, losses=("ce",), augmentation="study",
+        fixed={"architecture": "unet3d_reference", "width": 1.0, "lr": 2e-4, "weight_decay": 0.0,
+               "loss": "ce", "augment": 0.9}),
 }
 
 
@@ -120,3 +139,28 @@ def restrict(profile: Profile, architectures: list[str], widths: list[str]) -> P
     if profile.fixed is not None:
         raise ParameterError(f"profile '{profile.name}' fixes its architecture: drop --architectures/--widths")
     return dataclasses.replace(profile, first=first, **changes)
+
+
+def with_training(profile: Profile, loss: str = "", augmentation: str = "") -> Profile:
+    """The profile with its loss and/or augmentation kind replaced (empty or ``auto``: the profile's).
+
+    A fixed profile gets the loss in ``fixed``; a search searches that loss only (its first trial too).
+
+    Raises:
+        ParameterError: an unknown loss or augmentation.
+    """
+    changes: dict = {}
+    if loss and loss != "auto":
+        if loss not in LOSSES:
+            raise ParameterError(f"loss '{loss}' is unknown: choose {', '.join(LOSSES)} (or auto: the profile's)")
+        changes["losses"] = (loss,)
+        if profile.fixed is not None:
+            changes["fixed"] = {**profile.fixed, "loss": loss}
+        if profile.first is not None:
+            changes["first"] = {**profile.first, "loss": loss}
+    if augmentation and augmentation != "auto":
+        if augmentation not in AUGMENTATIONS:
+            raise ParameterError(f"augmentation '{augmentation}' is unknown: choose {', '.join(AUGMENTATIONS)} "
+                                 "(or auto: the profile's)")
+        changes["augmentation"] = augmentation
+    return dataclasses.replace(profile, **changes) if changes else profile

@@ -165,10 +165,17 @@ def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.S
 
 
 def study_settings(s: SearchSettings) -> dict:
-    """What makes two trials of a study comparable; a resumed study must keep it (see ``check_settings``)."""
+    """What makes two trials of a study comparable; a resumed study must keep it (see ``check_settings``).
+
+    The loss is in ``losses`` (searched) and in ``fixed`` (a fixed profile such as ``paper``: ``ce``);
+    ``augmentation`` appears when it is not ``flips``, the kind every study before it used, so those resume.
+    """
     p = s.profile
-    return {"profile": p.name, "epochs": s.epochs, "grid": list(p.grid), "architectures": list(p.architectures),
-            "widths": list(p.widths), "losses": list(p.losses), "batch_size": p.batch_size, "fixed": p.fixed}
+    settings = {"profile": p.name, "epochs": s.epochs, "grid": list(p.grid), "architectures": list(p.architectures),
+                "widths": list(p.widths), "losses": list(p.losses), "batch_size": p.batch_size, "fixed": p.fixed}
+    if p.augmentation != "flips":
+        settings["augmentation"] = p.augmentation
+    return settings
 
 
 def prepare_study(study: optuna.Study, storage: str, profile: Profile, checkpoints: Path) -> list[int]:
@@ -236,6 +243,7 @@ class Objective:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "preprocess.json").write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
         params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
+                  "augmentation": self.s.profile.augmentation,
                   "grid": "x".join(map(str, self.preprocess.grid)), "seed": self.s.seed,
                   "phase": "cover" if is_cover(trial) else "search", "resumed_from": resume or "",
                   "retry_of": "" if original is None else original}
@@ -248,6 +256,7 @@ class Objective:
             cover = is_cover(trial)  # the equal budget: all epochs, no early stop, no deadline
             config = TrainConfig(epochs=self.s.epochs, batch_size=self.s.profile.batch_size, lr=hp["lr"],
                                  weight_decay=hp["weight_decay"], loss=hp["loss"], augment=hp["augment"],
+                                 augmentation=self.s.profile.augmentation,
                                  patience=0 if cover else self.s.profile.patience, seed=self.s.seed + trial.number,
                                  device=self.s.device)
             tracking.log_summary({"param_count": parameter_count(model)})
