@@ -32,15 +32,18 @@ validation cases is what ``mlproject.export --int8-data`` reports). Target on CP
 with 1, 2 and 4 workers on SQLite, a journal file and PostgreSQL (:mod:`benchmark.training.scaling`).
 ``serve``: the served model (``python -m mlproject.serve`` on 127.0.0.1, a local pyfunc of ``unet3d``
 at width 0.25 trained on nothing: speed does not depend on the weights) against bare onnxruntime
-(:meth:`models.onnx.Segmenter.logits` on the same case's prepared input) and against the same
+(:meth:`models.onnx.Segmenter.logits` on the same case's prepared input at the training grid, the
+network call inside the served model; and on the case's whole native grid, normalised, which is what
+serving cost before the model resampled: the network run at 192×192×19) and against the same
 predictor called in-process, per encoding: JSON arrays of a 48×48×19 case, and a native 192×192×19
 case as base64 NIfTI (``.nii`` as ISLES ships it, and gzip-compressed); p50/p95 of sequential
 requests, bytes in and out. Then a bounded burst (``--burst`` requests, ``--concurrency`` at once,
 compact encoding): errors, p50/p95, the server's resident memory (VmRSS) before and after; a request
-over the size limit (413, memory unchanged); and one large JSON request (the 192×192×19 case as JSON
-numbers, on a server started with a larger limit), with the server's RSS idle, at its peak during
-the request (sampled every 10 ms) and 1 s after, with and without ``malloc_trim``
-(``STROKELENS_MALLOC_TRIM=0``). Target (#17): served ≤ 2× bare onnxruntime, compact, at 192×192×19.
+over the size limit (413, memory unchanged); and a large JSON request (the 192×192×19 case as JSON
+numbers, on a server started with a larger limit), sent twice, with the server's RSS idle (after one
+small request), at its peak during each request (sampled every 10 ms) and 1 s after it, with and
+without ``malloc_trim`` (``STROKELENS_MALLOC_TRIM=0``). Target (#17): served ≤ 2× bare onnxruntime,
+compact, at 192×192×19.
 """
 
 from __future__ import annotations
@@ -426,25 +429,29 @@ def _sample_peak(pid: int, stop, peak: list) -> None:
         stop.wait(0.01)
 
 
-def _memory_probe(model: str, body: bytes, trim: bool) -> dict:
+def _memory_probe(model: str, body: bytes, warm_up: bytes, trim: bool, rounds: int = 2) -> dict:
+    """The server's RSS idle (after one small request), at its peak during each large request and 1 s after it."""
     import threading
 
     limit_mb = str(math.ceil(len(body) / 2**20) + 16)
+    rows = []
     with serving(model, "--max-request-mb", limit_mb, env={"STROKELENS_MALLOC_TRIM": "1" if trim else "0"}) as (
             url, pid):
+        post(url, warm_up)
         time.sleep(1.0)
         idle = rss_mb(pid)
-        stop, peak = threading.Event(), [idle]
-        sampler = threading.Thread(target=_sample_peak, args=(pid, stop, peak), daemon=True)
-        sampler.start()
-        status, _, seconds = post(url, body)
-        stop.set()
-        sampler.join()
-        time.sleep(1.0)
-        after = rss_mb(pid)
-    return {"malloc_trim": trim, "status": status, "request_mb": len(body) / 2**20, "seconds": seconds,
-            "rss_idle_mb": idle, "rss_peak_during_mb": peak[0], "rss_after_mb": after,
-            "rss_after_minus_idle_mb": after - idle}
+        for _ in range(rounds):
+            stop, peak = threading.Event(), [rss_mb(pid)]
+            sampler = threading.Thread(target=_sample_peak, args=(pid, stop, peak), daemon=True)
+            sampler.start()
+            status, _, seconds = post(url, body)
+            stop.set()
+            sampler.join()
+            time.sleep(1.0)
+            rows.append({"status": status, "seconds": seconds, "rss_peak_during_mb": peak[0],
+                         "rss_after_mb": rss_mb(pid)})
+    return {"malloc_trim": trim, "request_mb": len(body) / 2**20, "rss_idle_mb": idle, "requests": rows,
+            "rss_after_minus_idle_mb": rows[-1]["rss_after_mb"] - idle}
 
 
 def bench_serve(width: float = 0.25, repeats: int = 15, burst: int = 200, concurrency: int = 8) -> dict:
@@ -456,7 +463,7 @@ def bench_serve(width: float = 0.25, repeats: int = 15, burst: int = 200, concur
 
     import models
     from benchmark.data.cases import discover, read_case
-    from benchmark.data.preprocessing import PreprocessConfig, prepare
+    from benchmark.data.preprocessing import PreprocessConfig, normalize, prepare
     from benchmark.data.synthetic import write_dataset
     from benchmark.serving import Predictor
     from models.onnx import export_onnx
@@ -480,17 +487,24 @@ def bench_serve(width: float = 0.25, repeats: int = 15, burst: int = 200, concur
                                              enc) for grid, enc in plan}
         with serving(model) as (url, pid):
             for (grid, encoding), body in bodies.items():
-                image = prepare(read_case(cases[grid]), config).image[None]
+                case = read_case(cases[grid])
+                image = prepare(case, config).image[None]
                 bare = _times(lambda x=image: predictor.segmenter.logits(x), repeats)
+                native = normalize(case.modalities, config)[None]  # the network on the whole native grid
+                bare_native = _times(lambda x=native: predictor.segmenter.logits(x), min(repeats, 5))
                 inputs = json.loads(body)["inputs"]
                 in_process = _times(lambda i=inputs: predictor.predict(i), repeats)
                 status, answer, _ = post(url, body)
                 served = [post(url, body)[2] for _ in range(repeats)]
                 row = {"grid_xyz": list(grid), "encoding": encoding, "status": status,
                        "request_bytes": len(body), "answer_bytes": len(answer),
-                       "bare_onnxruntime": _percentiles(bare), "predictor_in_process": _percentiles(in_process),
+                       "bare_onnxruntime": _percentiles(bare),
+                       "bare_onnxruntime_native_grid": _percentiles(bare_native),
+                       "predictor_in_process": _percentiles(in_process),
                        "served": _percentiles(served)}
                 row["served_over_bare_p50"] = row["served"]["p50_s"] / row["bare_onnxruntime"]["p50_s"]
+                row["served_over_bare_native_grid_p50"] = (row["served"]["p50_s"]
+                                                           / row["bare_onnxruntime_native_grid"]["p50_s"])
                 row["served_over_in_process_p50"] = row["served"]["p50_s"] / row["predictor_in_process"]["p50_s"]
                 rows.append(row)
             body = bodies[((192, 192, 19), "nifti_gz")]
@@ -512,11 +526,13 @@ def bench_serve(width: float = 0.25, repeats: int = 15, burst: int = 200, concur
                                  "rss_after_mb": rss_mb(pid)}
         large = _case_request(cases[(192, 192, 19)].images[config.modalities[0]].parents[1], config.modalities,
                               "arrays")
-        out["large_request_memory"] = [_memory_probe(model, large, trim) for trim in (True, False)]
+        warm_up = bodies[((48, 48, 19), "arrays")]
+        out["large_request_memory"] = [_memory_probe(model, large, warm_up, trim) for trim in (True, False)]
     compact = next(r for r in rows if r["encoding"] == "nifti" and r["grid_xyz"] == [192, 192, 19])
     return {"benchmark": "serve", "architecture": "unet3d", "width": width, "repeats": repeats,
             "training_grid_xyz": list(config.grid), "results": rows, **out,
-            "target_served_over_bare": 2.0, "meets_target": compact["served_over_bare_p50"] <= 2.0}
+            "target_served_over_bare": 2.0, "meets_target": compact["served_over_bare_p50"] <= 2.0,
+            "meets_target_against_the_native_grid_run": compact["served_over_bare_native_grid_p50"] <= 2.0}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
