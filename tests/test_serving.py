@@ -7,6 +7,7 @@ The pyfunc (``mlflow.pyfunc.load_model(...).predict``) and one real HTTP request
 import base64
 import csv
 import gzip
+import http.client
 import json
 
 import mlflow.pyfunc
@@ -139,6 +140,12 @@ def test_the_http_server_limits_size_refuses_nan_and_answers_as_predict(pyfunc_m
     with serving(str(pyfunc_model), "--max-request-mb", "8") as (url, _):
         status, answer, _ = post(url, b'{"inputs": "' + b"1" * (8 * 2**20 + 10) + b'"}')
         assert status == 413 and len(answer) < 400 and b"exceeds the limit of 8388608 bytes" in answer
+        connection = http.client.HTTPConnection(url.split("/")[2], timeout=60)  # a chunked body, no Content-Length
+        connection.request("POST", "/invocations", body=iter([b"1" * 2**20] * 9), encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        response = connection.getresponse()
+        assert response.status == 413 and b"(streamed)" in response.read()
+        connection.close()
         nan = _arrays(case_files)
         nan["ADC"][3][4][5] = float("nan")  # Python's json writes NaN, which JSON readers accept
         status, answer, _ = post(url, json.dumps({"inputs": nan}).encode())

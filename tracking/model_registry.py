@@ -59,17 +59,9 @@ def log_onnx_model(onnx_path: Path, sidecar: Path, predictor: str, register: boo
     Returns:
         (the logged model's URI, the registered version or None).
     """
-    from importlib.metadata import PackageNotFoundError, version
-
     from tracking.serving import log_pyfunc_model
 
-    requirements = []
-    for package in ("mlflow", "onnxruntime-gpu", "onnx", "numpy", "nibabel", "torch", "uvicorn"):
-        try:
-            requirements.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    info = log_pyfunc_model(MODEL_ARTIFACT, onnx_path, sidecar, predictor, requirements)
+    info = log_pyfunc_model(MODEL_ARTIFACT, onnx_path, sidecar, predictor)
     mlflow.log_artifact(str(sidecar), artifact_path="onnx")
     if not register:
         return info.model_uri, None

@@ -111,7 +111,31 @@ class StrokelensModel(mlflow.pyfunc.PythonModel):
             raise ServedModelError(message) from None
 
 
+SERVING_PACKAGES = ("mlflow", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "nibabel", "pybase64", "torch",
+                    "uvicorn")
+"""What the served model imports, pinned at the installed versions in its ``requirements.txt``."""
+
+
+def pinned_requirements() -> list[str]:
+    """``package==version`` of :data:`SERVING_PACKAGES` as installed (a local label such as ``+cpu`` dropped).
+
+    Giving them spares MLflow's requirement inference, which loads the model in a subprocess.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in SERVING_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
 def _model_arguments(onnx_path: Path, sidecar: Path, predictor: str, pip_requirements: list[str] | None) -> dict:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per copied artifact is noise
+    if pip_requirements is None:
+        pip_requirements = pinned_requirements()
     return {"python_model": str(Path(__file__).with_name("serving_model.py")),
             "artifacts": {ARTIFACT_ONNX: str(onnx_path), ARTIFACT_SIDECAR: str(sidecar)},
             "model_config": {PREDICTOR_KEY: predictor}, "pip_requirements": pip_requirements}
