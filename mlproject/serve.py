@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from mlproject._cli import ArgumentParser, run
 from tracking import model_registry
-from tracking.serving import DEFAULT_CONCURRENCY, DEFAULT_MAX_MB, serve
+from tracking.serving import DEFAULT_CONCURRENCY, DEFAULT_MAX_MB, DEFAULT_TIMEOUT_S, serve
 
 DEFAULT_MODEL = f"models:/{model_registry.REGISTERED_MODEL}@{model_registry.CHAMPION_ALIAS}"
 
@@ -30,10 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"largest request body in MiB; larger ones get 413 (default {DEFAULT_MAX_MB})")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"requests computed at once, the others wait (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds before an unanswered request gets 504 (default {DEFAULT_TIMEOUT_S})")
     args = parser.parse_args(argv)
-    if not args.max_request_mb > 0 or args.concurrency < 1:
-        parser.error("--max-request-mb must be positive and --concurrency at least 1")
-    serve(args.model, args.host, args.port, int(args.max_request_mb * 2**20), args.concurrency,
+    if not args.max_request_mb > 0 or args.concurrency < 1 or args.timeout < 1:
+        parser.error("--max-request-mb must be positive, --concurrency and --timeout at least 1")
+    serve(args.model, args.host, args.port, int(args.max_request_mb * 2**20), args.concurrency, args.timeout,
           on_ready=lambda url: print(f"serving {args.model} at {url} (requests up to {args.max_request_mb:g} MiB; "
                                      "Ctrl-C stops)", flush=True))
     return 0

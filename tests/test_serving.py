@@ -157,3 +157,15 @@ def test_the_http_server_limits_size_refuses_nan_and_answers_as_predict(pyfunc_m
         assert status == 200
         _assert_equals_predict(json.loads(answer)["predictions"], predicted, compact=True)
 
+
+
+def test_serve_refuses_a_missing_store_or_model_in_one_line(tmp_path, monkeypatch, capsys):
+    from mlproject._cli import run
+    from mlproject.serve import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/nothing/mlflow.db")
+    assert run(main, ["--port", "1"]) == 2
+    assert run(main, ["--model", str(tmp_path / "absent")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "no MLflow store at" in lines[0] and "nor an MLflow model folder" in lines[1]
+    assert not (tmp_path / "nothing").exists()  # serving never creates a store

@@ -51,6 +51,9 @@ DEFAULT_MAX_MB = 64
 """Default request-size limit in MiB: a 192×192×19 case in the compact encoding is about 20 MiB, the
 same case as JSON numbers about 75 MiB (send it compact); a JSON request costs ~5× its size in memory."""
 DEFAULT_CONCURRENCY = 2
+DEFAULT_TIMEOUT_S = 120
+"""Seconds before an unanswered request gets 504 (MLflow's default, 60 s, is near a large JSON request's time on a
+loaded 2-core machine)."""
 TRIM_ABOVE = 1 << 20
 """Requests larger than this (bytes) are followed by ``malloc_trim(0)`` (``STROKELENS_MALLOC_TRIM=0`` turns it off,
 for measuring what it does: ``python -m benchmark.perf serve``)."""
@@ -302,7 +305,7 @@ def scoring_app(model_uri: str, max_bytes: int = DEFAULT_MAX_MB << 20, concurren
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5000, max_bytes: int = DEFAULT_MAX_MB << 20,
-          concurrency: int = DEFAULT_CONCURRENCY, on_ready=None) -> None:
+          concurrency: int = DEFAULT_CONCURRENCY, timeout_s: int = DEFAULT_TIMEOUT_S, on_ready=None) -> None:
     """Load ``model_uri`` and serve it with uvicorn until SIGINT/SIGTERM (see the module docstring).
 
     Args:
@@ -311,6 +314,8 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5000, max_bytes: 
         port: the port.
         max_bytes: the largest request body accepted (413 above it).
         concurrency: requests read and computed at once.
+        timeout_s: a request still unanswered after this many seconds gets 504 (MLflow's
+            ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``).
         on_ready: called with the invocation URL once the model is loaded, before listening.
 
     Raises:
@@ -319,9 +324,18 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5000, max_bytes: 
     import uvicorn
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking_uri())
+    os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(timeout_s))  # read by scoring_server.init
+    uri = tracking_uri()
     if model_uri.startswith(("models:/", "runs:/")):
-        check_reachable(tracking_uri())
+        database = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if database and not Path(database).is_file():  # serving reads a store and never creates one
+            raise TrackingError(f"there is no MLflow store at '{database}' to find '{model_uri}' in: run from the "
+                                "project folder, set MLFLOW_TRACKING_URI, or give a local MLflow model folder")
+        check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+    elif not Path(model_uri).is_dir():
+        raise TrackingError(f"model '{model_uri}' is neither models:/…, runs:/… nor an MLflow model folder: "
+                            "give one of those")
     app = scoring_app(model_uri, max_bytes, concurrency)
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/invocations")
