@@ -242,7 +242,7 @@ class Predictor:
                 raise RequestError(f"'{name}' has grid {array.shape} (X, Y, Z) but '{self.modalities[0]}' has "
                                    f"{shape}: send every modality on one grid")
             shape = array.shape
-            volumes.append(to_dhw(array.astype(np.float32)))
+            volumes.append(to_dhw(_finite_float32(name, array)))  # a value beyond float32's range is Inf there
         affine = _as_numbers("affine", inputs["affine"], (4, 4)) if "affine" in inputs else None
         if "spacing" in inputs:
             spacing_xyz = tuple(float(v) for v in _as_numbers("spacing", inputs["spacing"], (3,)))

@@ -102,6 +102,7 @@ def test_pyfunc_answer_equals_predict_in_both_encodings(pyfunc_model, case_files
 @pytest.mark.parametrize("change, words", [
     (lambda r: r | {"ADC": np.full((48, 56, 10), np.nan)}, "'ADC' holds 26880 NaN/Inf values"),
     (lambda r: r | {"Tmax": np.full((48, 56, 10), np.inf)}, "'Tmax' holds 26880 NaN/Inf values"),
+    (lambda r: r | {"rCBV": np.full((48, 56, 10), 1e300)}, "'rCBV' holds 26880 NaN/Inf voxels"),
     (lambda r: r | {"ADC": np.zeros((48, 56))}, "must be one 3-D volume"),
     (lambda r: r | {"MTT": np.zeros((48, 56, 11))}, "'MTT' has grid (48, 56, 11)"),
     (lambda r: r | {"ADC": np.array([["a"]])}, "'ADC' must hold numbers"),
