@@ -7,7 +7,7 @@ ORT    ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 OTHER  := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: run test test-slow lint server clean
+.PHONY: run test test-slow lint server serve clean
 
 $(STAMP): requirements.txt requirements-$(ORT).txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "strokelens needs Python 3.10 or newer")'
@@ -32,6 +32,13 @@ test-slow: $(STAMP)
 
 server: $(STAMP)
 	$(PY) -m mlproject.server
+
+# make serve [MODEL=models:/strokelens-segmenter/3] [PORT=5001] [HOST=127.0.0.1] [SERVE_FLAGS=--max-request-mb 128]
+MODEL ?= models:/strokelens-segmenter@champion
+PORT  ?= 5000
+HOST  ?= 127.0.0.1
+serve: $(STAMP)
+	$(PY) -m mlproject.serve --model '$(MODEL)' --host $(HOST) --port $(PORT) $(SERVE_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

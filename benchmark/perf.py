@@ -30,11 +30,26 @@ validation cases is what ``mlproject.export --int8-data`` reports). Target on CP
 ≤ 0.6× PyTorch's latency.
 ``search``: trials per minute, storage overhead per trial and duplicate parameters of one small study
 with 1, 2 and 4 workers on SQLite, a journal file and PostgreSQL (:mod:`benchmark.training.scaling`).
+``serve``: the served model (``python -m mlproject.serve`` on 127.0.0.1, a local pyfunc of ``unet3d``
+at width 0.25 trained on nothing: speed does not depend on the weights) against bare onnxruntime
+(:meth:`models.onnx.Segmenter.logits` on the same case's prepared input at the training grid, the
+network call inside the served model; and on the case's whole native grid, normalised, which is what
+serving cost before the model resampled: the network run at 192×192×19) and against the same
+predictor called in-process, per encoding: JSON arrays of a 48×48×19 case, and a native 192×192×19
+case as base64 NIfTI (``.nii`` as ISLES ships it, and gzip-compressed); p50/p95 of sequential
+requests, bytes in and out. Then a bounded burst (``--burst`` requests, ``--concurrency`` at once,
+compact encoding): errors, p50/p95, the server's resident memory (VmRSS) before and after; a request
+over the size limit (413, memory unchanged); and a large JSON request (the 192×192×19 case as JSON
+numbers, on a server started with a larger limit), sent twice, with the server's RSS idle (after one
+small request), at its peak during each request (sampled every 10 ms) and 1 s after it, with and
+without ``malloc_trim`` (``STROKELENS_MALLOC_TRIM=0``). Target (#17): served ≤ 2× bare onnxruntime,
+compact, at 192×192×19.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,7 +57,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from benchmark.atomic import atomic_file
@@ -306,14 +321,230 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
             "meets_target": cpu.get("latency_ratio_to_pytorch", float("inf")) <= 0.6}
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of a process in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def post(url: str, body: bytes, timeout: float = 300) -> tuple[int, bytes, float]:
+    """(HTTP status, answer bytes, seconds) of one JSON POST; an HTTP error is a status, not an exception."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), time.perf_counter() - start
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def serving(model: str, *flags: str, env: dict | None = None, wait_s: float = 180) -> Iterator[tuple[str, int]]:
+    """``python -m mlproject.serve --model MODEL`` on a free loopback port until the block ends.
+
+    Yields:
+        (the ``/invocations`` URL, the server's pid).
+    """
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH", "")])])}
+    server = subprocess.Popen([sys.executable, "-m", "mlproject.serve", "--model", model, "--port", str(port), *flags],
+                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    raise RuntimeError(f"the server did not start: {server.communicate()[1][-2000:]}") from None
+                time.sleep(0.25)
+        yield f"{base}/invocations", server.pid
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def _percentiles(seconds: Sequence[float]) -> dict:
+    import numpy as np
+
+    return {"p50_s": float(np.percentile(seconds, 50)), "p95_s": float(np.percentile(seconds, 95)), "n": len(seconds)}
+
+
+def _times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _case_request(folder: Path, modalities: Sequence[str], encoding: str) -> bytes:
+    """The request body of one ISLES case folder: ``arrays`` (JSON numbers), ``nifti`` (.nii) or ``nifti_gz``."""
+    import base64
+    import gzip
+
+    import nibabel as nib
+
+    files = {m: next(folder.glob(f"*.MR_{m}.*/*.nii*")) for m in modalities}
+    if encoding == "arrays":
+        images = {m: nib.load(path) for m, path in files.items()}
+        inputs = {m: image.get_fdata().tolist() for m, image in images.items()}
+        inputs["spacing"] = [float(z) for z in next(iter(images.values())).header.get_zooms()[:3]]
+    else:
+        def encode(path: Path) -> str:
+            raw = path.read_bytes()
+            return base64.b64encode(gzip.compress(raw, 6, mtime=0) if encoding == "nifti_gz" else raw).decode()
+        inputs = {m: encode(path) for m, path in files.items()}
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def _sample_peak(pid: int, stop, peak: list) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            peak[0] = max(peak[0], rss_mb(pid))
+        stop.wait(0.01)
+
+
+def _memory_probe(model: str, body: bytes, warm_up: bytes, trim: bool, rounds: int = 2) -> dict:
+    """The server's RSS idle (after one small request), at its peak during each large request and 1 s after it."""
+    import threading
+
+    limit_mb = str(math.ceil(len(body) / 2**20) + 16)
+    rows = []
+    with serving(model, "--max-request-mb", limit_mb, env={"STROKELENS_MALLOC_TRIM": "1" if trim else "0"}) as (
+            url, pid):
+        post(url, warm_up)
+        time.sleep(1.0)
+        idle = rss_mb(pid)
+        for _ in range(rounds):
+            stop, peak = threading.Event(), [rss_mb(pid)]
+            sampler = threading.Thread(target=_sample_peak, args=(pid, stop, peak), daemon=True)
+            sampler.start()
+            status, _, seconds = post(url, body)
+            stop.set()
+            sampler.join()
+            time.sleep(1.0)
+            rows.append({"status": status, "seconds": seconds, "rss_peak_during_mb": peak[0],
+                         "rss_after_mb": rss_mb(pid)})
+    return {"malloc_trim": trim, "request_mb": len(body) / 2**20, "rss_idle_mb": idle, "requests": rows,
+            "rss_after_minus_idle_mb": rows[-1]["rss_after_mb"] - idle}
+
+
+def bench_serve(width: float = 0.25, repeats: int = 15, burst: int = 200, concurrency: int = 8) -> dict:
+    """The served model against bare onnxruntime, a burst, the size limit and memory (module docstring)."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    import models
+    from benchmark.data.cases import discover, read_case
+    from benchmark.data.preprocessing import PreprocessConfig, normalize, prepare
+    from benchmark.data.synthetic import write_dataset
+    from benchmark.serving import Predictor
+    from models.onnx import export_onnx
+    from tracking.serving import DEFAULT_MAX_MB, save_pyfunc_model
+
+    torch.manual_seed(0)
+    config = PreprocessConfig()
+    rows, out = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        report = export_onnx(models.build("unet3d", 6, width=width).eval(), tmp / "model.onnx", config.to_dict())
+        model = str(save_pyfunc_model(tmp / "pyfunc", report.onnx_path, report.sidecar_path,
+                                      "benchmark.serving:load_predictor"))
+        predictor = Predictor(report.onnx_path)
+        cases = {}
+        for grid in ((48, 48, 19), (192, 192, 19)):
+            data = write_dataset(tmp / f"data_{grid[0]}", 1, seed=1, shapes=[grid], test_cases=0, progress=False)
+            cases[grid] = discover(data, config.modalities, split="train")[0]
+        plan = [((48, 48, 19), "arrays"), ((192, 192, 19), "nifti"), ((192, 192, 19), "nifti_gz")]
+        bodies = {(grid, enc): _case_request(cases[grid].images[config.modalities[0]].parents[1], config.modalities,
+                                             enc) for grid, enc in plan}
+        with serving(model) as (url, pid):
+            for (grid, encoding), body in bodies.items():
+                case = read_case(cases[grid])
+                image = prepare(case, config).image[None]
+                bare = _times(lambda x=image: predictor.segmenter.logits(x), repeats)
+                native = normalize(case.modalities, config)[None]  # the network on the whole native grid
+                bare_native = _times(lambda x=native: predictor.segmenter.logits(x), min(repeats, 5))
+                inputs = json.loads(body)["inputs"]
+                in_process = _times(lambda i=inputs: predictor.predict(i), repeats)
+                status, answer, _ = post(url, body)
+                served = [post(url, body)[2] for _ in range(repeats)]
+                row = {"grid_xyz": list(grid), "encoding": encoding, "status": status,
+                       "request_bytes": len(body), "answer_bytes": len(answer),
+                       "bare_onnxruntime": _percentiles(bare),
+                       "bare_onnxruntime_native_grid": _percentiles(bare_native),
+                       "predictor_in_process": _percentiles(in_process),
+                       "served": _percentiles(served)}
+                row["served_over_bare_p50"] = row["served"]["p50_s"] / row["bare_onnxruntime"]["p50_s"]
+                row["served_over_bare_native_grid_p50"] = (row["served"]["p50_s"]
+                                                           / row["bare_onnxruntime_native_grid"]["p50_s"])
+                row["served_over_in_process_p50"] = row["served"]["p50_s"] / row["predictor_in_process"]["p50_s"]
+                rows.append(row)
+            body = bodies[((192, 192, 19), "nifti_gz")]
+            rss_before = rss_mb(pid)
+            start = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                results = list(pool.map(lambda _: post(url, body), range(burst)))
+            wall = time.perf_counter() - start
+            time.sleep(1.0)
+            out["burst"] = {"requests": burst, "concurrency": concurrency, "grid_xyz": [192, 192, 19],
+                            "encoding": "nifti_gz", "errors": sum(r[0] != 200 for r in results),
+                            **_percentiles([r[2] for r in results]), "wall_s": wall,
+                            "requests_per_s": burst / wall, "rss_before_mb": rss_before, "rss_after_mb": rss_mb(pid)}
+            too_large = b'{"inputs": "' + b"0" * ((DEFAULT_MAX_MB << 20) + 1024) + b'"}'
+            rss_before = rss_mb(pid)
+            status, answer, seconds = post(url, too_large)
+            out["over_limit"] = {"request_bytes": len(too_large), "status": status, "seconds": seconds,
+                                 "answer": answer.decode()[:300], "rss_before_mb": rss_before,
+                                 "rss_after_mb": rss_mb(pid)}
+        large = _case_request(cases[(192, 192, 19)].images[config.modalities[0]].parents[1], config.modalities,
+                              "arrays")
+        warm_up = bodies[((48, 48, 19), "arrays")]
+        out["large_request_memory"] = [_memory_probe(model, large, warm_up, trim) for trim in (True, False)]
+    compact = next(r for r in rows if r["encoding"] == "nifti" and r["grid_xyz"] == [192, 192, 19])
+    return {"benchmark": "serve", "architecture": "unet3d", "width": width, "repeats": repeats,
+            "training_grid_xyz": list(config.grid), "results": rows, **out,
+            "target_served_over_bare": 2.0, "meets_target": compact["served_over_bare_p50"] <= 2.0,
+            "meets_target_against_the_native_grid_run": compact["served_over_bare_native_grid_p50"] <= 2.0}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)
-    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx", "search"])
+    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx", "search", "serve"])
     parser.add_argument("--width", type=float, default=0.25, help="train: width multiplier")
     parser.add_argument("--steps", type=int, default=5, help="train: timed steps per architecture")
     parser.add_argument("--json", default="", help="write the result here too")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=200, help="serve: requests in the burst")
+    parser.add_argument("--concurrency", type=int, default=8, help="serve: requests in flight during the burst")
     args = parser.parse_args(argv)
     if args.what == "synth":
         import torch
@@ -328,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmark.training.scaling import bench_search
 
         result = bench_search()
+    elif args.what == "serve":
+        result = bench_serve(repeats=max(args.repeats, 5), burst=args.burst, concurrency=args.concurrency)
     else:
         result = bench_onnx(repeats=args.repeats)
     result["device_info"] = device_info()

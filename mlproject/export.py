@@ -1,7 +1,7 @@
 """``mlflow run . -e export`` / ``python -m mlproject.export``: ONNX export, MLflow model registry.
 
 Exports a trained model (by default the best trial of the latest search) to ONNX, verifies it
-against PyTorch on several grids, logs it with ``mlflow.onnx.log_model`` and registers it as
+against PyTorch on several grids, logs it as an MLflow pyfunc around the ONNX session and registers it as
 ``strokelens-segmenter`` with its tags and a description; the alias ``champion`` moves to the new
 version only when it beats the current champion on the same validation cases, or with ``--promote``
 (see :mod:`benchmark.stages.export`).

@@ -3,7 +3,8 @@
 * :func:`resolve_model` turns a run id, ``runs:/…``, ``models:/<name>@<alias>`` or a ``.pt``
   path into a local checkpoint and its preprocessing settings (the default: the best trial of
   the latest search);
-* :func:`log_onnx_model` logs an exported model with ``mlflow.onnx.log_model`` and registers it as
+* :func:`log_onnx_model` logs an exported model as a pyfunc around its ONNX session
+  (:mod:`tracking.serving`) and registers it as
   :data:`REGISTERED_MODEL` with its tags (:data:`VERSION_TAGS`) and a description, moving the alias
   :data:`CHAMPION_ALIAS` to it only when the caller decided so;
 * :func:`champion_tags` reads the current champion's tags (its validation Dice and split digest),
@@ -19,6 +20,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from tracking.errors import TrackingError
@@ -36,55 +38,30 @@ from tracking.runs import (
 
 REGISTERED_MODEL = "strokelens-segmenter"
 CHAMPION_ALIAS = "champion"
-ONNX_ARTIFACT = "onnx-model"
+MODEL_ARTIFACT = "model"
+"""The logged MLflow model's name in its run (a pyfunc; the ONNX file and its JSON are its artifacts)."""
 VERSION_TAGS = ("architecture", "study", "trial_run", "val_dice", "val_dice_ci_low", "val_dice_ci_high",
                 "val_cases", "split", "data_digest", "profile")
 """The tags every registered version carries (empty strings where a fact is unknown)."""
 
 
-def log_onnx_model(onnx_path: Path, sidecar: Path, channels: int, register: bool = True,
+def log_onnx_model(onnx_path: Path, sidecar: Path, predictor: str, register: bool = True,
                    champion: bool = False, tags: dict | None = None,
                    description: str = "") -> tuple[str, str | None]:
-    """Log an exported model with ``mlflow.onnx.log_model`` and register it with tags and a description.
+    """Log an exported model as an MLflow pyfunc around its ONNX session, and register it with tags and a description.
 
-    The signature takes (-1, C, -1, -1, -1) float32 ``image`` and gives (-1, 2, -1, -1, -1)
-    ``logits``; execution providers are CUDA then CPU; the preprocessing JSON travels inside the
-    MLflow model (``extra_files``). The alias ``champion`` moves to the new version only when
-    ``champion`` is true (the caller decides, see :mod:`benchmark.stages.export`).
+    The MLflow model is :class:`tracking.serving.StrokelensModel` (logged from code): its artifacts
+    are the ONNX file and its preprocessing JSON, and ``predictor`` (``module:function``, e.g.
+    ``benchmark.serving:load_predictor``) names the factory that builds what answers a request from
+    those two files. The alias ``champion`` moves to the new version only when ``champion`` is true
+    (the caller decides, see :mod:`benchmark.stages.export`).
 
     Returns:
         (the logged model's URI, the registered version or None).
     """
-    from importlib.metadata import PackageNotFoundError, version
+    from tracking.serving import log_pyfunc_model
 
-    import mlflow.onnx
-    import numpy as np
-    import onnx
-    import onnxruntime
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    # MLflow's input-example check opens a CUDA session; on a machine without a CUDA device the
-    # missing CUDA library is no error of the user's (with one, a real failure stays visible)
-    onnxruntime.set_default_logger_severity(3 if torch.cuda.is_available() else 4)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1, -1), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1, -1), "logits")]))
-    example = {"image": np.zeros((1, channels, 4, 8, 8), np.float32)}
-    requirements = []
-    for package in ("onnxruntime-gpu", "onnx", "numpy"):
-        try:
-            requirements.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    try:
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=ONNX_ARTIFACT, signature=signature,
-                                     input_example=example, pip_requirements=requirements,
-                                     onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                     extra_files=[str(sidecar)], save_as_external_data=False)
-    finally:
-        onnxruntime.set_default_logger_severity(3)
+    info = log_pyfunc_model(MODEL_ARTIFACT, onnx_path, sidecar, predictor)
     mlflow.log_artifact(str(sidecar), artifact_path="onnx")
     if not register:
         return info.model_uri, None
@@ -97,8 +74,6 @@ def register_version(model_uri: str, tags: dict, description: str = "", champion
     Every key of :data:`VERSION_TAGS` is set (an empty string when ``tags`` lacks it); the alias
     :data:`CHAMPION_ALIAS` moves to the version when ``champion`` is true. Returns the version.
     """
-    import mlflow
-
     full = {key: "" for key in VERSION_TAGS} | {k: str(v) for k, v in tags.items()}
     registered = mlflow.register_model(model_uri, REGISTERED_MODEL, tags=full)
     client = MlflowClient(tracking_uri())

@@ -1,7 +1,8 @@
 """The export stage: a trained model to ONNX, verified, logged and registered in MLflow.
 
 The model (by default the best trial of the latest search) is exported to ONNX, checked against
-PyTorch on several grids, logged with ``mlflow.onnx.log_model`` and registered as
+PyTorch on several grids, logged as an MLflow pyfunc around its ONNX session (the served model, whose
+predictor is :data:`PREDICTOR`) and registered as
 ``strokelens-segmenter`` with its tags and a description. The alias ``champion`` moves to the new
 version only when it beats the current champion on the same validation cases (see
 :func:`champion_decision`) or the user forces it (``--promote``). Optionally an int8 model is made,
@@ -30,6 +31,8 @@ from models.onnx import Segmenter, export_onnx, quantize_int8, sidecar_path
 from tracking import model_registry
 from tracking import runs as tracking
 
+PREDICTOR = "benchmark.serving:load_predictor"
+"""The factory the registered pyfunc builds its predictor with (see :mod:`benchmark.serving`)."""
 CALIBRATION_CASES = 8
 """Training cases that calibrate the int8 activation ranges."""
 
@@ -204,9 +207,8 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
         current = model_registry.champion_tags() if register and champion else None
         with tracking.export_run(run_id, params) as parent:
             tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
-            uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path,
-                                                         len(preprocess["modalities"]), register=register,
-                                                         tags=tags, description=description)
+            uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path, PREDICTOR,
+                                                         register=register, tags=tags, description=description)
             result = ExportResult(parent.info.run_id, run_id, architecture, report.worst, uri, version, False)
             if int8_refs is not None:
                 train_refs, val_refs, side = int8_refs
