@@ -120,6 +120,7 @@ def test_no_usable_case_is_an_error_before_any_run(tmp_path, workdir):
     with pytest.raises(DataError):
         run_search(_settings(tmp_path, workdir))
     assert not (workdir / "mlflow.db").exists() or not _runs(workdir)[1]
+    assert not (workdir / "optuna.db").exists() or not optuna.get_all_study_names(f"sqlite:///{workdir}/optuna.db")
 
 
 def _train_cli(workdir, *args):
