@@ -51,7 +51,7 @@ from benchmark.evaluation.relevance import normalized_mean_by_channel
 from benchmark.figures import lesion_slice, overlay_png, relevance_grid_png
 from benchmark.reporting import experiment_charts as charts
 from benchmark.stages.data import model_split
-from benchmark.training.loop import TrainConfig, fit, load_checkpoint, load_model
+from benchmark.training.loop import TrainConfig, fit, load_model
 from explain.assessment import explain_case
 from explain.attribution import LRP_METHODS
 from explain.filters import parse_filters
@@ -191,7 +191,8 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
         data: the data folder (default: the one the model's split was made from, else the synthetic default).
         cases: how many cases (the split's validation cases first), or a list of case ids.
         experiment: the MLflow experiment (empty: the project run's under ``mlflow run``, else ``strokelens``).
-        study: the study the runs are tagged with (default: the model's).
+        study: the study whose best trial is used when ``model`` is empty; the runs carry the model's
+            study tag (this one for a model outside any study).
         which: the experiments to run, a subset of :data:`EXPERIMENTS`.
         settings: what each experiment does (default :class:`ExperimentSettings`).
         seed: seeds every random draw (dilution, defects, the fine-tune).
@@ -214,13 +215,13 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
     if not model and study:
         model = _best_trial(study, experiment)
     checkpoint, preprocess, model_run = model_registry.resolve_model(model, experiment)
-    study = study or tracking.study_of(model_run)
+    study = tracking.study_of(model_run) or study
     config = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
     split = split or model_split(model_run, checkpoint)
     folder = Path(data) if data else Path(split.data) if split is not None else ensure_default_data(DEFAULT_DATA)[0]
     refs = _cases(folder, [cases] if isinstance(cases, str) else cases, config.modalities, split)
     network = load_model(checkpoint)
-    architecture = load_checkpoint(checkpoint)["build_config"].get("architecture", "")
+    architecture = str(getattr(network, "build_config", {}).get("name", ""))
     prepared = [prepare(read_case(r), config) for r in refs]
     grid = "x".join(str(n) for n in config.grid)
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "", "data": str(folder),
