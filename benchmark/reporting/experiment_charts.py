@@ -91,6 +91,7 @@ def defect_figure(rows: pd.DataFrame, path: Path) -> Path:
         else:
             data = [rows[rows["model"] == m][key].to_numpy() for m in models]
             labels = models
+            ax.set_ylim(-0.02, 1.02)
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
         ax.set_title(title, fontsize=9)
@@ -144,7 +145,8 @@ def filter_boxplots(values: pd.DataFrame, metrics: Sequence[str], method: str, p
                 patch.set_alpha(0.5)
             ax.plot([], [], color=plt.get_cmap("tab10")(g % 10), lw=6, alpha=0.5, label=f"grid {grid}")
         ax.set_xticks(range(len(filters)), filters if ax is axes[-1, 0] else [], rotation=60, fontsize=7)
-        ax.set_ylabel(HEADERS.get(metric, metric), fontsize=8)
+        label = "normalised-mean\namplitude" if metric == "amplitude" else metric
+        ax.set_ylabel(HEADERS.get(metric, label), fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_title(f"{method}: distribution over cases for each filter of the sweep", fontsize=9)
     axes[0, 0].legend(fontsize=7, loc="upper right")

@@ -132,7 +132,7 @@ class ExperimentsResult:
         model_run: the trial run experimented on (None for a checkpoint file).
         cases: the case ids.
         runs: {experiment: its nested run id}.
-        lines_: one summary sentence per experiment.
+        summaries: one summary sentence per experiment.
     """
 
     run_id: str
@@ -140,12 +140,12 @@ class ExperimentsResult:
     model_run: str | None
     cases: list[str]
     runs: dict[str, str] = field(default_factory=dict)
-    lines_: list[str] = field(default_factory=list)
+    summaries: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """The summary lines the command line prints."""
         return [f"ran {len(self.runs)} study experiments ({', '.join(self.runs)}) on {len(self.cases)} cases under "
-                f"MLflow run {self.run_id}", *self.lines_]
+                f"MLflow run {self.run_id}", *self.summaries]
 
 
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -253,7 +253,7 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
                 tracking.log_summary(finite(metrics))
                 tracking.log_artifacts(files, "")
                 result.runs[name] = child.info.run_id
-            result.lines_.append(line)
+            result.summaries.append(line)
     return result
 
 
@@ -484,6 +484,10 @@ def _overlays(c: _Context, e: _Explained):
                                 e.overlay_lesion, c.config.modalities,
                                 f"{e.overlay_case} · {e.overlay_method} · slice {e.overlay_slice}: raw and filtered "
                                 "relevance over each modality (red +, blue −; lesion green)")]
+    rows = [{"filter": name, "modality": modality, "abs_sum": float(np.abs(r).sum()), "sum": float(r.sum()),
+             "peak": float(np.abs(r).max())} for name, relevance in e.overlay.items()
+            for modality, r in zip(c.config.modalities, relevance)]
+    files.append(_csv(pd.DataFrame(rows), c.out / "overlay_slice.csv"))
     metrics = {}
     if raw is not None and np.abs(raw).sum() > 0:
         for name, relevance in e.overlay.items():
