@@ -180,7 +180,8 @@ def test_the_stage_logs_one_run_per_experiment_and_the_report_shows_them(isles_d
                                       checkpoints=workdir / "ckpt", cache=None, progress=False))
     settings = ExperimentSettings(draws=2, levels={"noise": (0, 0.2), "zero": (0, 1.0), "smooth": (0, 1)},
                                   defect_ml=(1.0,), defects_per_size=1, defect_epochs=1,
-                                  methods=["lrp_epsilon", "lrp_zplus"], filters=("pass_0.2_1", "clamp_0_0.2"))
+                                  methods=["lrp_zplus"], sweep_methods=["lrp_epsilon"],
+                                  filters=("pass_0.2_1", "clamp_0_0.2"))
     result = run_experiments(study="s", experiment="e", cases=2, settings=settings, progress=False)
     assert result.model_run == found.best_run_id and list(result.runs) == list(EXPERIMENTS)
     assert result.cases == found.split.val_ids[:2] + found.split.train_ids[:max(0, 2 - len(found.split.val_ids))]

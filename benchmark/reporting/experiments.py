@@ -142,8 +142,9 @@ def _text(name: str, params: dict, parent: dict) -> list[str]:
                 "`amplitude_by_filter.csv`."]
     if name == "filters":
         filters, metrics = params.get("filters", "").replace(",", ", "), params.get("metrics", "").replace(",", ", ")
-        return [f"Each LRP method on {params.get('cases')} cases for the filters {filters}; the box plots show "
-                f"{metrics}. Training grids: {params.get('grids')}."]
+        methods = params.get("methods", "").replace(",", ", ")
+        return [f"LRP by {methods} on {params.get('cases')} cases for every filter of the sweep ({filters}); the box "
+                f"plots show {metrics}. Training grids: {params.get('grids')}."]
     if name == "overlays":
         return [f"Case {params.get('case')}, method `{params.get('method')}`, slice {params.get('slice')}: "
                 f"rows {params.get('filters', '').replace(',', ', ')}."]

@@ -17,10 +17,12 @@ tables and PNG figures. The report reads them from there (:mod:`benchmark.report
   such a model from scratch, ``pipeline/training_UNet3D_diff.py``; a short fine-tune of the same
   weights is what fits a CPU run).
 * ``amplitude``: the study's normalised-mean relevance amplitude by channel
-  (:func:`benchmark.evaluation.relevance.normalized_mean_by_channel`) for each LRP method and filter.
-* ``filters``: per filter of the sweep, box plots over cases of the key explanation metrics and
-  the amplitude (the study's ``result_filters_comparison.py``; one box per training grid: the
-  study compared 48×48×19 to 192×192×19, one model gives one grid, which the caption says).
+  (:func:`benchmark.evaluation.relevance.normalized_mean_by_channel`) for each LRP method (raw
+  relevance) and, for the ``sweep_methods``, each filter.
+* ``filters``: per filter of the sweep, for the ``sweep_methods`` (by default the study's rules,
+  ``study_published``), box plots over cases of the key explanation metrics and the amplitude
+  (the study's ``result_filters_comparison.py``; one box per training grid: the study compared
+  48×48×19 to 192×192×19, one model gives one grid, which the caption says).
 * ``overlays``: raw and filtered relevance over the image slice of one case (the study's
   ``main_result.py`` / ``SlidingVisualizerMultiPanelLRP`` overlay), one row per filter, one
   column per modality.
@@ -39,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.data.cases import CaseRef, discover, read_case
+from benchmark.data.cases import read_case
 from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.data.defects import EFFECT, STRENGTH, Defect, draw_defect
 from benchmark.data.preprocessing import PreparedCase, PreprocessConfig, brain_mask, prepare, to_native
@@ -51,6 +53,7 @@ from benchmark.evaluation.relevance import normalized_mean_by_channel
 from benchmark.figures import lesion_slice, overlay_png, relevance_grid_png
 from benchmark.reporting import experiment_charts as charts
 from benchmark.stages.data import model_split
+from benchmark.stages.explanations import _chosen_cases as chosen_cases
 from benchmark.training.loop import TrainConfig, fit, load_model
 from explain.assessment import explain_case
 from explain.attribution import LRP_METHODS
@@ -77,11 +80,13 @@ class ExperimentSettings:
         defect_ml: requested defect sizes, ml at the model's input grid.
         defects_per_size: defects drawn per case and size.
         defect_epochs: epochs of the fine-tune on defect data (0: no defect-trained model).
-        methods: LRP methods of the amplitude, filter and overlay experiments (None: every LRP method).
+        methods: LRP methods of the amplitude by channel, on raw relevance (None: every LRP method).
+        sweep_methods: LRP methods run through the whole filter sweep (filter box plots, overlays,
+            amplitude per filter); each costs one propagation per layer-wise filter, so few by default.
         defect_method: the method whose relevance the defect experiment reads.
         filters: filter or grid names of the sweep (raw is always added).
         overlay_filters: the overlay's rows (those of the sweep are drawn).
-        overlay_method: the overlay's method (empty: the first of ``methods``).
+        overlay_method: the overlay's method (empty: the first of ``sweep_methods``).
         threshold: lesion probability above which a voxel is lesion.
     """
 
@@ -91,6 +96,7 @@ class ExperimentSettings:
     defects_per_size: int = 2
     defect_epochs: int = 2
     methods: Sequence[str] | None = None
+    sweep_methods: Sequence[str] = ("study_published",)
     defect_method: str = "lrp_epsilon"
     filters: Sequence[str] = ("study_sweep",)
     overlay_filters: Sequence[str] = OVERLAY_FILTERS
@@ -109,17 +115,20 @@ class ExperimentSettings:
         if self.defect_epochs < 0:
             raise ParameterError(f"defect_epochs must be 0 (no defect-trained model) or more "
                                  f"(got {self.defect_epochs})")
-        for name in [*self.lrp_methods(), self.defect_method]:
+        if not self.sweep_methods:
+            raise ParameterError("sweep_methods is empty: name at least one LRP method for the filter sweep")
+        for name in [*self.lrp_methods(), *self.sweep_methods, self.defect_method]:
             if name not in LRP_METHODS:
                 raise ParameterError(f"method '{name}' is not an LRP method: choose from {', '.join(LRP_METHODS)}")
-        if self.overlay_method and self.overlay_method not in self.lrp_methods():
-            raise ParameterError(f"overlay_method '{self.overlay_method}' is not among the methods "
-                                 f"{', '.join(self.lrp_methods())}")
+        if self.overlay_method and self.overlay_method not in self.sweep_methods:
+            raise ParameterError(f"overlay_method '{self.overlay_method}' is not among the sweep methods "
+                                 f"{', '.join(self.sweep_methods)}")
         parse_filters(["raw", *self.filters])
 
     def lrp_methods(self) -> list[str]:
-        """The chosen LRP methods (every registered one when None)."""
-        return list(LRP_METHODS) if not self.methods else list(self.methods)
+        """The LRP methods of the amplitude (every registered one when None), then the sweep methods."""
+        chosen = list(LRP_METHODS) if not self.methods else list(self.methods)
+        return list(dict.fromkeys([*chosen, *self.sweep_methods]))
 
 
 @dataclass
@@ -151,22 +160,6 @@ class ExperimentsResult:
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
     """The metrics whose value is a finite number (MLflow never receives a NaN)."""
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-def _cases(folder: Path, cases: int | Sequence[str], modalities: Sequence[str], split: Split | None) -> list[CaseRef]:
-    """``cases`` validation cases of the split (then its training cases), or the labelled cases named."""
-    if isinstance(cases, int):
-        if cases < 1:
-            raise ParameterError(f"cases must be at least 1 (got {cases})")
-        if split is None:
-            return discover(folder, modalities, split="train", with_evidence=True)[:cases]
-        train, val = split.resolve(folder, with_evidence=True)
-        return (val + train)[:cases]
-    by_id = {r.case_id: r for r in discover(folder, modalities, split="train", with_evidence=True)}
-    missing = [c for c in cases if c not in by_id]
-    if missing:
-        raise ParameterError(f"case '{missing[0]}' is not a labelled case of '{folder}'")
-    return [by_id[c] for c in cases]
 
 
 def _best_trial(study: str, experiment: str) -> str:
@@ -208,8 +201,8 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
     settings.check()
     unknown = [w for w in which if w not in EXPERIMENTS]
     if unknown or not which:
-        raise ParameterError(f"experiment '{unknown[0] if unknown else ''}' is unknown: choose from "
-                             f"{', '.join(EXPERIMENTS)}")
+        raise ParameterError((f"experiment '{unknown[0]}' is unknown" if unknown else "no experiment chosen")
+                             + f": choose from {', '.join(EXPERIMENTS)}")
     tracking.setup(experiment)
     experiment = experiment or tracking.default_experiment()
     if not model and study:
@@ -219,7 +212,7 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
     config = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
     split = split or model_split(model_run, checkpoint)
     folder = Path(data) if data else Path(split.data) if split is not None else ensure_default_data(DEFAULT_DATA)[0]
-    refs = _cases(folder, [cases] if isinstance(cases, str) else cases, config.modalities, split)
+    refs = chosen_cases(folder, [cases] if isinstance(cases, str) else cases, config.modalities, split)
     network = load_model(checkpoint)
     architecture = str(getattr(network, "build_config", {}).get("name", ""))
     prepared = [prepare(read_case(r), config) for r in refs]
@@ -234,8 +227,10 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
         result.run_id = parent.info.run_id
         work = Path(tmp)
         context = _Context(network, prepared, config, settings, seed, progress, grid, work)
-        explained = _explain_all(context) if {"amplitude", "filters", "overlays"} & set(ordered) else None
+        explained = None
         for name in ordered:
+            if name in ("amplitude", "filters", "overlays") and explained is None:
+                explained = _explain_all(context)
             folder_out = work / name
             folder_out.mkdir()
             context.out = folder_out
@@ -408,19 +403,20 @@ class _Explained:
 
 
 def _explain_all(c: _Context) -> _Explained:
-    """Every LRP method on every case for every filter of the sweep, reduced at once to what the experiments show."""
+    """Every LRP method on every case (the sweep methods for every filter, the others raw), reduced at once."""
     from tqdm import tqdm
 
     s = c.settings
-    filters = parse_filters(["raw", *s.filters])
+    sweep = parse_filters(["raw", *s.filters])
     methods = s.lrp_methods()
-    overlay_method = s.overlay_method or methods[0]
+    overlay_method = s.overlay_method or s.sweep_methods[0]
     first = c.cases[0]
     z = lesion_slice(first.label > 0.5) if first.label is not None else first.image.shape[1] // 2
     amplitude, metric_rows, overlay = [], [], {}
     for method, case in tqdm([(m, p) for m in methods for p in c.cases], desc="relevance", unit="case",
                              disable=not c.progress):
         lesion = case.label > 0.5 if case.label is not None else np.zeros(case.image.shape[1:], bool)
+        filters = sweep if method in s.sweep_methods else sweep[:1]
         for e in explain_case(c.model, case.image, lesion, case.evidence, c.config.modalities, method, filters,
                               case_id=case.case_id, heavy="none"):
             values, peak = normalized_mean_by_channel(e.relevance)
@@ -462,7 +458,9 @@ def _filters(c: _Context, e: _Explained):
         long.append(e.metrics[["method", "filter", "case", "grid", metric]].rename(columns={metric: "value"})
                     .assign(metric=metric))
     values = pd.concat(long, ignore_index=True)
-    files = [_csv(e.metrics, c.out / "filter_cases.csv"), _csv(values, c.out / "filter_values.csv")]
+    values = values[values["method"].isin(c.settings.sweep_methods)]
+    files = [_csv(e.metrics[e.metrics["method"].isin(c.settings.sweep_methods)], c.out / "filter_cases.csv"),
+             _csv(values, c.out / "filter_values.csv")]
     for method in dict.fromkeys(values["method"]):
         files.append(charts.filter_boxplots(values[values["method"] == method], shown, method,
                                             c.out / f"filter_boxplots_{method}.png"))
