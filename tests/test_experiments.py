@@ -242,3 +242,16 @@ def test_the_mlproject_entry_point_matches_the_command_line(workdir, capsys):
     assert run(main, [*argv, "--zero-levels", "0,2"]) == 2
     assert "levels of 'zero' must be >= 0 and <= 1" in capsys.readouterr().err
     assert not (workdir / "mlflow.db").exists()  # refused before any run was made
+
+
+def test_the_pipeline_refuses_bad_experiment_settings_before_the_search(tmp_path):
+    from benchmark.stages.experiments import ExperimentSettings
+    from benchmark.stages.pipeline import run_pipeline
+    from benchmark.training.profiles import PROFILES
+    from benchmark.training.search import SearchSettings
+
+    settings = SearchSettings(data=tmp_path / "nothing", trials=1, epochs=1, study="s", experiment="e", seed=0,
+                              storage=f"sqlite:///{tmp_path}/optuna.db", device="cpu", profile=PROFILES["default"])
+    with pytest.raises(ParameterError, match="draws must be at least 1"):
+        run_pipeline(settings, experiments=True, experiment_settings=ExperimentSettings(draws=0))
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "optuna.db").exists()
