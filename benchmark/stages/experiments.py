@@ -349,8 +349,8 @@ def _defects(c: _Context, split: Split | None, folder: Path):
              charts.defect_figure(rows, c.out / "defect_effects.png"),
              overlay_png(c.out / "defect_example.png", first.apply(example.image)[channel, z], first.mask[z],
                          probability[z] > s.threshold,
-                         f"{example.case_id} slice {z}: {c.config.modalities[channel]} with a "
-                         f"{first.voxels}-voxel defect (green), prediction of the normal model (red)")]
+                         f"{example.case_id} slice {z}, {c.config.modalities[channel]}: {first.voxels}-voxel "
+                         "defect green,\nthe normal model's prediction red")]
     params = {"defect_ml": ",".join(f"{v:g}" for v in s.defect_ml), "defects_per_size": s.defects_per_size,
               "strength_range": f"{STRENGTH[0]:g}-{STRENGTH[1]:g}", "effect_range": f"{EFFECT[0]:g}-{EFFECT[1]:g}",
               "method": s.defect_method, "defect_epochs": s.defect_epochs, "models": ",".join(models),
