@@ -50,8 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--defect-epochs", type=int, default=2, help="epochs fine-tuning a copy of the model on "
                         "defect data (0: no defect-trained model)")
     parser.add_argument("--methods", default="all", help="LRP methods of the relevance experiments (comma list or all)")
-    parser.add_argument("--sweep-methods", default="study_published", help="LRP methods run through every filter of "
-                        "the sweep (box plots, overlays; comma list)")
+    parser.add_argument("--sweep-methods", default="auto", help="LRP methods run through every filter of the sweep "
+                        "(box plots, overlays; comma list); auto: reference_lrp on the study's network, else "
+                        "study_published")
     parser.add_argument("--defect-method", default="lrp_epsilon", help="the LRP method of the defect experiment")
     parser.add_argument("--filters", default="study_sweep", help="filters of the sweep: raw, pass_A_B, clamp_A_B, "
                         "post_…, study_sweep, study_sweep_post")
@@ -59,10 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     levels = {kind: getattr(args, f"{kind}_levels") for kind in ("noise", "study_noise", "zero", "smooth")}
+    sweep = None if args.sweep_methods == "auto" else split_list(args.sweep_methods)
     settings = ExperimentSettings(draws=args.draws, levels={k: v for k, v in levels.items() if v},
                                   defect_ml=args.defect_ml, defects_per_size=args.defects_per_size,
                                   defect_epochs=args.defect_epochs, methods=method_list(args.methods),
-                                  sweep_methods=split_list(args.sweep_methods),
+                                  sweep_methods=sweep,
                                   defect_method=args.defect_method, filters=split_list(args.filters),
                                   overlay_method=args.overlay_method)
     which = list(EXPERIMENTS) if args.experiments.strip() in ("", "all") else split_list(args.experiments)

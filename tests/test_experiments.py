@@ -255,3 +255,15 @@ def test_the_pipeline_refuses_bad_experiment_settings_before_the_search(tmp_path
     with pytest.raises(ParameterError, match="draws must be at least 1"):
         run_pipeline(settings, experiments=True, experiment_settings=ExperimentSettings(draws=0))
     assert not (tmp_path / "nothing").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_methods_are_chosen_for_the_model(model):
+    from benchmark.stages.experiments import ExperimentSettings
+
+    chosen = ExperimentSettings().resolved(model)  # a project network: the study's rules, no reference_lrp
+    assert chosen.sweep_methods == ["study_published"] and "reference_lrp" not in chosen.methods
+    assert {"lrp_epsilon", "study_published"} <= set(chosen.methods)
+    with pytest.raises(ParameterError, match="'reference_lrp' cannot explain this model"):
+        ExperimentSettings(sweep_methods=["reference_lrp"]).resolved(model)
+    with pytest.raises(ParameterError, match="'gradient' is not an LRP method"):
+        ExperimentSettings(methods=["gradient"]).check()

@@ -31,6 +31,7 @@ tables and PNG figures. The report reads them from there (:mod:`benchmark.report
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -56,7 +57,8 @@ from benchmark.stages.data import model_split
 from benchmark.stages.explanations import _chosen_cases as chosen_cases
 from benchmark.training.loop import TrainConfig, fit, load_model
 from explain.assessment import explain_case
-from explain.attribution import LRP_METHODS
+from explain.attribution import REFERENCE_LRP, is_lrp, unsupported
+from explain.attribution import methods as all_methods
 from explain.filters import parse_filters
 from tracking import model_registry
 from tracking import runs as tracking
@@ -80,9 +82,11 @@ class ExperimentSettings:
         defect_ml: requested defect sizes, ml at the model's input grid.
         defects_per_size: defects drawn per case and size.
         defect_epochs: epochs of the fine-tune on defect data (0: no defect-trained model).
-        methods: LRP methods of the amplitude by channel, on raw relevance (None: every LRP method).
+        methods: LRP methods of the amplitude by channel, on raw relevance (None: every LRP method
+            that can explain the model).
         sweep_methods: LRP methods run through the whole filter sweep (filter box plots, overlays,
-            amplitude per filter); each costs one propagation per layer-wise filter, so few by default.
+            amplitude per filter); each costs one propagation per layer-wise filter, so few. None: the
+            study's own propagation, ``reference_lrp``, on the study's network, else ``study_published``.
         defect_method: the method whose relevance the defect experiment reads.
         filters: filter or grid names of the sweep (raw is always added).
         overlay_filters: the overlay's rows (those of the sweep are drawn).
@@ -96,7 +100,7 @@ class ExperimentSettings:
     defects_per_size: int = 2
     defect_epochs: int = 2
     methods: Sequence[str] | None = None
-    sweep_methods: Sequence[str] = ("study_published",)
+    sweep_methods: Sequence[str] | None = None
     defect_method: str = "lrp_epsilon"
     filters: Sequence[str] = ("study_sweep",)
     overlay_filters: Sequence[str] = OVERLAY_FILTERS
@@ -115,20 +119,30 @@ class ExperimentSettings:
         if self.defect_epochs < 0:
             raise ParameterError(f"defect_epochs must be 0 (no defect-trained model) or more "
                                  f"(got {self.defect_epochs})")
-        if not self.sweep_methods:
+        if self.sweep_methods is not None and not list(self.sweep_methods):
             raise ParameterError("sweep_methods is empty: name at least one LRP method for the filter sweep")
-        for name in [*self.lrp_methods(), *self.sweep_methods, self.defect_method]:
-            if name not in LRP_METHODS:
-                raise ParameterError(f"method '{name}' is not an LRP method: choose from {', '.join(LRP_METHODS)}")
-        if self.overlay_method and self.overlay_method not in self.sweep_methods:
+        lrp = [m for m in all_methods() if is_lrp(m)]
+        for name in [*(self.methods or []), *(self.sweep_methods or []), self.defect_method]:
+            if not is_lrp(name):
+                raise ParameterError(f"method '{name}' is not an LRP method: choose from {', '.join(lrp)}")
+        if self.overlay_method and self.sweep_methods and self.overlay_method not in self.sweep_methods:
             raise ParameterError(f"overlay_method '{self.overlay_method}' is not among the sweep methods "
                                  f"{', '.join(self.sweep_methods)}")
         parse_filters(["raw", *self.filters])
 
-    def lrp_methods(self) -> list[str]:
-        """The LRP methods of the amplitude (every registered one when None), then the sweep methods."""
-        chosen = list(LRP_METHODS) if not self.methods else list(self.methods)
-        return list(dict.fromkeys([*chosen, *self.sweep_methods]))
+    def resolved(self, model) -> ExperimentSettings:
+        """These settings with the methods chosen for ``model``: a named method that cannot explain it is refused.
+
+        Raises:
+            ParameterError: a named method cannot explain the model (``reference_lrp`` off the study's network).
+        """
+        for name in [*(self.methods or []), *(self.sweep_methods or []), self.defect_method, self.overlay_method]:
+            if name and (why := unsupported(model, name)):
+                raise ParameterError(f"method '{name}' cannot explain this model: {why}")
+        usable = [m for m in all_methods() if is_lrp(m) and not unsupported(model, m)]
+        sweep = list(self.sweep_methods or [REFERENCE_LRP if REFERENCE_LRP in usable else "study_published"])
+        chosen = list(self.methods) if self.methods else usable
+        return dataclasses.replace(self, methods=list(dict.fromkeys([*chosen, *sweep])), sweep_methods=sweep)
 
 
 @dataclass
@@ -214,6 +228,7 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
     folder = Path(data) if data else Path(split.data) if split is not None else ensure_default_data(DEFAULT_DATA)[0]
     refs = chosen_cases(folder, [cases] if isinstance(cases, str) else cases, config.modalities, split)
     network = load_model(checkpoint)
+    settings = settings.resolved(network)
     architecture = str(getattr(network, "build_config", {}).get("name", ""))
     prepared = [prepare(read_case(r), config) for r in refs]
     grid = "x".join(str(n) for n in config.grid)
@@ -408,7 +423,7 @@ def _explain_all(c: _Context) -> _Explained:
 
     s = c.settings
     sweep = parse_filters(["raw", *s.filters])
-    methods = s.lrp_methods()
+    methods = list(s.methods)
     overlay_method = s.overlay_method or s.sweep_methods[0]
     first = c.cases[0]
     z = lesion_slice(first.label > 0.5) if first.label is not None else first.image.shape[1] // 2
