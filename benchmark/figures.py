@@ -87,3 +87,37 @@ def relevance_png(path: Path, background: np.ndarray, relevance: np.ndarray, les
     if lesion is not None and lesion.any():
         ax.contour(lesion.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
     return _finish(fig, ax, path, title)
+
+
+def relevance_grid_png(path: Path, image: np.ndarray, relevances: dict[str, np.ndarray], lesion: np.ndarray | None,
+                       channels: Sequence[str], title: str) -> Path:
+    """Raw and filtered relevance over the image slice: one row per map, one column per input channel.
+
+    ``image`` is (C, H, W), each ``relevances`` value (C, H, W) at the same slice, ``lesion`` (H, W).
+    Each panel shows the channel's grey slice with that channel's relevance on top (red positive,
+    blue negative, values under 2 % of the row's peak hidden); every panel of a row shares one
+    symmetric scale, ``max |R|`` over the row's channels, so rows compare by shape, not by size.
+    """
+    rows, cols = len(relevances), len(channels)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 0.4, 1.9 * rows + 0.6), dpi=100, squeeze=False)
+    for r, (name, relevance) in enumerate(relevances.items()):
+        peak = float(np.abs(relevance).max()) or 1.0
+        for c, channel in enumerate(channels):
+            ax = axes[r, c]
+            ax.imshow(image[c], cmap="gray", origin="lower")
+            shown = np.ma.masked_where(np.abs(relevance[c]) < 0.02 * peak, relevance[c])
+            ax.imshow(shown, cmap="bwr", vmin=-peak, vmax=peak, alpha=0.75, origin="lower")
+            if lesion is not None and lesion.any():
+                ax.contour(lesion.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(channel, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -43,11 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="relevance filters of the explanations")
     parser.add_argument("--explain-cases", default="2", help="validation cases explained (a count or case ids)")
     parser.add_argument("--report-out", default="reports", help="folder that receives the report (<study>/)")
+    parser.add_argument("--experiments", action="store_true", help="also run the study's experiments (dilution, "
+                        "defects, amplitude, filter box plots, overlays) on the best trial before the report; "
+                        "off by default (several minutes on a CPU); mlproject.experiments runs them alone")
     args = parser.parse_args(argv)
     result = run_pipeline(search_settings(args), synthetic_cases=args.cases, data_seed=args.seed, top_k=args.top_k,
                           export=not args.no_export, explain_methods=method_list(args.explain_methods),
                           explain_filters=split_list(args.explain_filters),
-                          explain_cases=case_spec(args.explain_cases), report_out=args.report_out, say=print)
+                          explain_cases=case_spec(args.explain_cases), report_out=args.report_out, say=print,
+                          experiments=args.experiments)
     if not result.ok:
         return 1
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")

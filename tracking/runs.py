@@ -19,7 +19,9 @@ models are :mod:`tracking.model_registry`'s):
 * ``export-<run>`` (kind ``export``) holds an ONNX model; ``evaluate-<study>`` (kind
   ``evaluate``) has one nested ``evaluation-<architecture>`` and one ``clinical-rule-<rule>`` run;
   ``explain-<run>`` (kind ``explain``) has one nested ``<method>-<filter>`` run (kind
-  ``explanation``); ``report-<study>`` (kind ``report``) holds the leaderboard. Runs of a study
+  ``explanation``); ``experiments-<study>`` (kind ``experiments``) has one nested
+  ``experiment-<name>`` run per study experiment (kind ``experiment``); ``report-<study>`` (kind
+  ``report``) holds the leaderboard. Runs of a study
   carry ``strokelens.study``; evaluations and explanations name their trial in
   ``strokelens.model_run``. :mod:`tracking.records` reads them back.
 """
@@ -420,6 +422,27 @@ def log_cases(rows: list[dict]) -> None:
 def report_run(study: str, params: dict) -> Iterator[mlflow.ActiveRun]:
     """The run that holds a leaderboard report (``report-<study>``); FAILED if the block raises."""
     with _stage_run("report", f"report-{study}", params, {TAG_STUDY: study}) as run:
+        yield run
+
+
+TAG_EXPERIMENT = "strokelens.experiment"
+"""The name of one of the study's experiments (dilution, defects, amplitude, filters, overlays)."""
+
+
+@contextlib.contextmanager
+def experiments_run(study: str, model_run: str | None, architecture: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one ``experiments`` invocation (``experiments-<study>``); FAILED if the block raises."""
+    tags = {TAG_STUDY: study, TAG_MODEL_RUN: model_run or "", TAG_ARCHITECTURE: architecture}
+    with _stage_run("experiments", f"experiments-{study}", params, tags) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def experiment_run(name: str, study: str, model_run: str | None, architecture: str,
+                   params: dict) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one of the study's experiments (kind ``experiment``, tag :data:`TAG_EXPERIMENT`)."""
+    tags = {TAG_EXPERIMENT: name, TAG_STUDY: study, TAG_MODEL_RUN: model_run or "", TAG_ARCHITECTURE: architecture}
+    with _nested_run("experiment", f"experiment-{name}", params, tags) as run:
         yield run
 
 

@@ -10,7 +10,8 @@
   (``templates/leaderboard.md.j2``, not escaped: Markdown);
 * ``architectures.csv``, ``explanations.csv``, ``architecture_cases.csv``,
   ``explanation_cases.csv``: the tables with full precision and run ids;
-* ``figures/*.png``: see :mod:`~benchmark.reporting.charts`;
+* ``figures/*.png``: see :mod:`~benchmark.reporting.charts`; the study's experiments' figures
+  (``experiment_<name>_*.png``) are copied from their MLflow runs (:mod:`~benchmark.reporting.experiments`);
 * ``.strokelens-report`` (:data:`MARKER`): says the folder is a report. A report replaces an
   existing ``<out>/<study>/`` only when it carries this file (or is empty); any other folder there
   is the user's and is left untouched (:class:`~benchmark.errors.ParameterError`).
@@ -37,6 +38,7 @@ from benchmark.evaluation.segmentation import DISTANCE_CONVENTION
 from benchmark.paths import check_writable, contained
 from benchmark.reporting.charts import Figure, architecture_figures, explanation_figures
 from benchmark.reporting.conclusions import conclusions
+from benchmark.reporting.experiments import ExperimentSection, experiment_sections
 from benchmark.reporting.leaderboard import (
     FLOOR_METHOD,
     StudyRuns,
@@ -109,12 +111,15 @@ def build_report(study: str, experiment: str, out: str | Path = "reports", store
             figures_dir.mkdir()
             arch_figures = architecture_figures(runs, architectures, figures_dir)
             expl_figures = explanation_figures(runs, explanations, figures_dir, store, work / "relevance")
+            sections, source = experiment_sections(store, study, figures_dir, work / "experiments")
             tables = _write_tables(folder, runs, architectures, explanations)
             context = page_context(runs, architectures, explanations, arch_figures, expl_figures)
+            context.update(experiments_context(sections, source))
             for name in ("leaderboard.html", "leaderboard.md"):
                 _write_text(folder / name, TEMPLATES.get_template(f"{name}.j2").render(context))
         files = [target / "leaderboard.html", target / "leaderboard.md", *(target / t.name for t in tables),
-                 *(target / "figures" / f.path.name for f in arch_figures + expl_figures)]
+                 *(target / "figures" / f.path.name for f in arch_figures + expl_figures),
+                 *(target / "figures" / f.path.name for section in sections for f in section.figures)]
     return Report(target, files, architectures, explanations, runs.missing)
 
 
@@ -171,6 +176,13 @@ def page_context(runs: StudyRuns, architectures: pd.DataFrame, explanations: pd.
         "text_columns": TEXT_COLUMNS,
         "reference_study": REFERENCE_STUDY,
     }
+
+
+def experiments_context(sections: list[ExperimentSection], source: str) -> dict:
+    """The study's experiments for the templates: one dict per experiment, and where they come from."""
+    return {"experiments": [{"name": s.name, "title": s.title, "text": s.text, "tables": s.tables,
+                             "figures": [_figure(f) for f in s.figures], "run_id": s.run_id} for s in sections],
+            "experiments_source": source}
 
 
 def _figure(figure: Figure) -> dict:

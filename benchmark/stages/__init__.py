@@ -13,6 +13,7 @@ search (+ export)       :func:`~.train.search_and_export`      ``TrainResult``
 export                  :func:`~.export.export_model`          ``ExportResult``
 evaluate                :func:`~.evaluate.evaluate_study`      ``EvaluationResult``
 explain                 :func:`~.explanations.explain_model`   ``ExplanationResult``
+study experiments       :func:`~.experiments.run_experiments`  ``ExperimentsResult``
 report                  :func:`~.report.report_study`          ``ReportResult``
 predict                 :func:`~.predict.predict_cases`        ``PredictionResult``
 the whole pipeline      :func:`~.pipeline.run_pipeline`        ``PipelineResult``
@@ -32,6 +33,7 @@ _HOMES = {
     "export_model": "export", "ExportResult": "export",
     "evaluate_study": "evaluate", "EvaluationResult": "evaluate",
     "explain_model": "explanations", "ExplanationResult": "explanations",
+    "run_experiments": "experiments", "ExperimentsResult": "experiments", "ExperimentSettings": "experiments",
     "report_study": "report", "ReportResult": "report",
     "predict_cases": "predict", "PredictionResult": "predict",
     "run_pipeline": "pipeline", "PipelineResult": "pipeline",
