@@ -153,6 +153,11 @@ def add_search_arguments(parser: argparse.ArgumentParser, data: bool = True, see
                         "(a study keeps its split.json)")
     parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
                         help="random seed of a new study's split (independent of --seed)")
+    parser.add_argument("--folds", type=auto_int, default=None,
+                        help="K cross-validation folds saved in a new study's split.json; after the search each "
+                        "architecture's best trial is trained on the other folds (default auto: the profile's)")
+    parser.add_argument("--repeats", type=auto_int, default=None,
+                        help="R trainings of each fold with seeds derived from --seed (default auto: the profile's)")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the best trials")
     parser.add_argument("--top-k", type=int, default=1, help="export the k best trials of the study (the best "
                         "becomes the champion)")
@@ -176,4 +181,6 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
                           study=args.study, storage=args.storage, experiment=args.experiment, seed=args.seed,
                           device=args.device, profile=profile, checkpoints=Path(args.checkpoints),
                           time_budget=profile.time_budget if args.time_budget < 0 else (args.time_budget or None),
-                          val_fraction=args.val_fraction, split_seed=args.split_seed)
+                          val_fraction=args.val_fraction, split_seed=args.split_seed,
+                          folds=profile.folds if args.folds is None else args.folds,
+                          repeats=profile.repeats if args.repeats is None else args.repeats)

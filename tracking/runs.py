@@ -16,6 +16,9 @@ models are :mod:`tracking.model_registry`'s):
   nested child run per Optuna trial (``trial-<NNN>-<architecture>``, ``strokelens.kind=trial``,
   ``strokelens.state`` = complete / pruned / failed); it logs the study's split as
   :data:`SPLIT_ARTIFACT` and as an MLflow dataset input whose digest is the split's.
+* ``folds-<study>`` (kind ``folds``) has one nested ``fold-<k>-repeat-<r>-<architecture>`` run (kind
+  ``fold``, tags ``strokelens.fold``, ``strokelens.repeat``, the architecture and, in
+  ``strokelens.model_run``, the trial whose hyper-parameters it trained with; state tags as trials).
 * ``export-<run>`` (kind ``export``) holds an ONNX model; ``evaluate-<study>`` (kind
   ``evaluate``) has one nested ``evaluation-<architecture>`` and one ``clinical-rule-<rule>`` run;
   ``explain-<run>`` (kind ``explain``) has one nested ``<method>-<filter>`` run (kind
@@ -60,6 +63,8 @@ TAG_PROFILE = "strokelens.profile"
 TAG_BEST_RUN = "strokelens.best_trial_run"
 TAG_MODEL_RUN = "strokelens.model_run"
 TAG_SPLIT = "strokelens.split"
+TAG_FOLD = "strokelens.fold"
+TAG_REPEAT = "strokelens.repeat"
 """The digest of the split a search, evaluation, explanation or export used."""
 
 STATE_COMPLETE, STATE_PRUNED, STATE_FAILED = "complete", "pruned", "failed"
@@ -348,6 +353,23 @@ def best_epoch_metrics(run_id: str) -> dict:
     out["param_count"] = run.data.metrics.get("param_count", float("nan"))
     out["seconds_per_epoch"] = run.data.metrics.get("seconds_per_epoch", float("nan"))
     return out
+
+
+@contextlib.contextmanager
+def folds_run(study: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of the cross-validation folds trained after a search (``folds-<study>``)."""
+    with _stage_run("folds", f"folds-{study}", params, {TAG_STUDY: study}) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def fold_run(study: str, architecture: str, trial_run: str, fold: int, repeat: int, params: dict
+             ) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one fold × repeat of a trial's configuration; its state tag is ``failed`` unless set."""
+    tags = {TAG_STUDY: study, TAG_ARCHITECTURE: architecture, TAG_MODEL_RUN: trial_run, TAG_FOLD: str(fold),
+            TAG_REPEAT: str(repeat), TAG_STATE: STATE_FAILED}
+    with _nested_run("fold", f"fold-{fold}-repeat-{repeat}-{architecture}", params, tags, system_metrics=True) as run:
+        yield run
 
 
 @contextlib.contextmanager

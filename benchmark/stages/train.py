@@ -2,7 +2,8 @@
 
 :func:`search_and_export` runs :func:`benchmark.training.search.run_search` (which saves the
 study's split, or reads it back when the study resumes) and exports the ``top_k`` best complete
-trials of the study; the best competes for the registry's ``champion`` alias (it takes it only when it
+trials of the study; with ``folds`` K > 1 or ``repeats`` R > 1 it first trains the remaining folds
+and repeats of each architecture's best trial (:func:`benchmark.training.folds.train_folds`); the best competes for the registry's ``champion`` alias (it takes it only when it
 beats the current champion on the same split, or with ``promote``) and gets an int8 model,
 calibrated and measured on the study's split.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
 from benchmark.errors import ParameterError
 from benchmark.stages.export import ExportResult, export_model
+from benchmark.training.folds import FoldsResult, train_folds
 from benchmark.training.search import SearchResult, SearchSettings, describe, result_after_workers, run_search
 from benchmark.training.workers import run_workers
 
@@ -26,10 +28,13 @@ class TrainResult:
     search: SearchResult
     exports: list[ExportResult] = field(default_factory=list)
     failed_workers: int = 0
+    folds: FoldsResult | None = None
+    """The cross-validation folds trained after the search (None with one fold and one repeat)."""
 
     def lines(self) -> list[str]:
         """The summary lines the command line prints."""
-        return [describe(self.search)] + [e.line() for e in self.exports]
+        folds = [self.folds.line()] if self.folds is not None else []
+        return [describe(self.search)] + folds + [e.line() for e in self.exports]
 
 
 def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = True,
@@ -42,8 +47,8 @@ def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = T
         export: export at all.
         say: receives each summary line as soon as it is known (e.g. ``print``).
         promote: make the best trial the champion even when it does not beat the current one.
-        workers: search processes on the study (:mod:`benchmark.training.workers`); the export follows
-            once all have ended.
+        workers: search processes on the study (:mod:`benchmark.training.workers`); the folds and the
+            export follow once all have ended.
 
     Raises:
         ParameterError: ``top_k`` below 1, or a setting of the search.
@@ -62,6 +67,11 @@ def search_and_export(settings: SearchSettings, top_k: int = 1, export: bool = T
     else:
         result = TrainResult(run_search(settings))
     say(describe(result.search))
+    if result.search.best_run_id and result.search.split is not None and (settings.folds > 1 or settings.repeats > 1):
+        result.folds = train_folds(settings.study, result.search.experiment, result.search.split, settings.repeats,
+                                   settings.data, settings.profile.patience, settings.checkpoints, settings.device,
+                                   settings.cache, settings.progress)
+        say(result.folds.line())
     if result.search.best_run_id and export:
         for rank, run_id in enumerate(result.search.ranked_run_ids[:top_k]):
             exported = export_model(run_id, result.search.experiment, champion=rank == 0, promote=promote and rank == 0,

@@ -104,8 +104,16 @@ class SearchSettings:
     """Fraction of the labelled cases on the validation side (used when the study's split is made)."""
     split_seed: int = DEFAULT_SPLIT_SEED
     """Random seed of the split, independent of ``seed`` so that every worker of a study agrees."""
+    folds: int = 1
+    """K cross-validation folds saved in the study's split (1: one train/validation split); see
+    :mod:`benchmark.training.folds`."""
+    repeats: int = 1
+    """R trainings of each fold, with seeds derived from ``seed``."""
 
     def __post_init__(self):
+        if self.folds < 1 or self.repeats < 1:
+            raise ParameterError(f"folds and repeats must be at least 1 (got folds {self.folds}, "
+                                 f"repeats {self.repeats})")
         if not 0.0 < self.val_fraction < 1.0:
             raise ParameterError(f"val-fraction must lie inside (0, 1) (got {self.val_fraction})")
         if self.trials < 1:
@@ -336,11 +344,13 @@ def _the_study_split(s: SearchSettings, experiment: str, modalities: tuple[str, 
     path = split_file(s.checkpoints, s.study)
     split = Split.load(path) if path.is_file() else study_split(s.study, experiment, s.checkpoints)
     if split is None:
-        split = make_split(s.data, modalities, s.val_fraction, s.split_seed)
-    elif (split.seed, split.val_fraction, split.modalities) != (s.split_seed, s.val_fraction, modalities):
-        raise ParameterError(f"study '{s.study}' was split with val-fraction {split.val_fraction}, split seed "
-                             f"{split.seed} and modalities {','.join(split.modalities)} ({split.source}); a study "
-                             "keeps its split: drop --val-fraction/--split-seed, or use a new --study")
+        split = make_split(s.data, modalities, s.val_fraction, s.split_seed, s.folds)
+    elif (split.seed, split.folds, split.modalities) != (s.split_seed, s.folds, modalities) or (
+            split.folds == 1 and split.val_fraction != s.val_fraction):
+        raise ParameterError(f"study '{s.study}' was split with {split.folds} fold(s), val-fraction "
+                             f"{split.val_fraction}, split seed {split.seed} and modalities "
+                             f"{','.join(split.modalities)} ({split.source}); a study keeps its split: drop "
+                             "--folds/--val-fraction/--split-seed, or use a new --study")
     if not path.is_file():
         split.save(path)
     return split, path
@@ -371,7 +381,8 @@ def run_search(s: SearchSettings) -> SearchResult:
     params = {"data": str(s.data), "trials": s.trials, "epochs": s.epochs, "study": s.study,
               "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
               "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid)),
-              "val_fraction": split.val_fraction, "split_seed": split.seed}
+              "val_fraction": split.val_fraction, "split_seed": split.seed, "folds": split.folds,
+              "repeats": s.repeats}
     check_settings(study, {**study_settings(s), "split_digest": split.digest})
     retried = prepare_study(study, s.storage, s.profile, s.checkpoints / s.study)
     dead_runs = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
