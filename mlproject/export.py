@@ -4,7 +4,8 @@ Exports a trained model (by default the best trial of the latest search) to ONNX
 against PyTorch on several grids, logs it as an MLflow pyfunc around the ONNX session and registers it as
 ``strokelens-segmenter`` with its tags and a description; the alias ``champion`` moves to the new
 version only when it beats the current champion on the same validation cases, or with ``--promote``
-(see :mod:`benchmark.stages.export`).
+(see :mod:`benchmark.stages.export`). ``--ensemble`` exports instead the fold models of a trial
+(trained with ``--folds``/``--repeats``) as one ONNX graph of their averaged softmax probabilities.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmark.stages.export import export_model
+from benchmark.stages.export import export_ensemble, export_model
 from mlproject._cli import ArgumentParser, add_experiment_argument, run
 
 
@@ -33,7 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "the model's split in this data folder, and report the validation Dice change")
     parser.add_argument("--promote", default=False, type=_flag, nargs="?", const=True,
                         help="make the new version the champion even when it does not beat the current one")
+    parser.add_argument("--ensemble", default=False, type=_flag, nargs="?", const=True,
+                        help="export the trial's K folds × R repeats as one ONNX model averaging their softmax "
+                        "probabilities (the trial must have been trained with --folds/--repeats)")
     args = parser.parse_args(argv)
+    if args.ensemble:
+        print(export_ensemble(args.model, args.experiment, args.out, register=not args.no_register,
+                              promote=args.promote).line())
+        return 0
     print(export_model(args.model, args.experiment, args.out, register=not args.no_register,
                        int8_data=args.int8_data, promote=args.promote).line())
     return 0

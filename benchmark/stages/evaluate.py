@@ -8,6 +8,15 @@ their union) are evaluated on the same cases. Each lands in a nested MLflow run
 (``evaluation-<architecture>``, ``clinical-rule-<rule>``) with mean and sd metrics and a
 ``cases.csv`` artifact; the parent ``evaluate-<study>`` run keeps the split (``split.json`` and
 its digest as the ``split`` parameter). The report reads them from there.
+
+With cross-validation folds or repeats (:mod:`benchmark.training.folds`), an architecture's per-case
+table is out of fold: each labelled case is scored by the model(s) of the fold that held it out (never
+by one trained on it); the R repeats of a fold are scored separately and their metrics averaged per
+case, with the sample standard deviation of Dice over repeats as ``dice_repeat_sd`` (and its mean as
+a metric). The table gains ``fold`` and ``repeats`` columns, every labelled case appears exactly once,
+and the clinical rules are scored on the same cases, so the leaderboard's confidence intervals and
+paired tests use all of them. Latency is measured on the trial's own model. Every evaluation run
+logs ``folds``, ``repeats`` and ``cases`` as parameters; with one fold and one repeat nothing else changes.
 """
 
 from __future__ import annotations
@@ -28,11 +37,15 @@ from benchmark.evaluation.robustness import (
     latency,
     summarize,
 )
+from benchmark.training.folds import best_trials, fold_models, load_fold_models
 from benchmark.training.loop import load_model
 from benchmark.training.search import DEFAULT_CHECKPOINTS, split_file, study_split
 from tracking import model_registry
 from tracking import runs as tracking
-from tracking.records import Store, best_trial_per_architecture
+from tracking.records import Store
+
+CASE_KEYS = ("case", "fold", "repeats")
+"""Columns of an out-of-fold table that are not metrics (not averaged, not summarised)."""
 
 
 @dataclass
@@ -90,8 +103,7 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
         known = ", ".join(store.studies()) or "none"
         raise ParameterError(f"study '{study}' has no search in MLflow experiment '{experiment}' "
                              f"({tracking.tracking_uri()}); studies there: {known}")
-    best = {a: t for a, t in best_trial_per_architecture(store.runs("trial", study)).items()
-            if store.has_checkpoint(t.run_id)}
+    best = best_trials(store, study)
     if not best:
         raise ParameterError(f"study '{study}' has no finished or pruned trial with weights: run the search "
                              "(mlflow run . -e train) until a trial completes an epoch")
@@ -100,11 +112,16 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
         raise ParameterError(f"study '{study}' has no saved split (none in its search runs nor in "
                              f"{split_file(checkpoints, study)}): resume its search once (mlflow run . -e train "
                              f"-P study={study} -P trials=1) to save it")
-    _, val_refs = split.resolve(data)
-    raw_cases = [read_case(r) for r in val_refs]
+    models = {a: fold_models(store, study, t.run_id, split.folds) for a, t in best.items()}
+    out_of_fold = split.folds > 1 or any(len(m) > 1 for m in models.values())
+    train_refs, val_refs = split.resolve(data)
+    scored = sorted(train_refs + val_refs, key=lambda r: r.case_id) if split.folds > 1 else val_refs
+    raw_cases = [read_case(r) for r in scored]
+    n_repeats = {len(m) // split.folds for m in models.values()}
     params = {"study": study, "data": str(data or split.data), "val_cases": len(raw_cases), "split": split.digest,
-              "noise_sigma": NOISE_SIGMA, "zero_fraction": ZERO_FRACTION, "seed": seed, "latency_repeats": repeats}
-    result = EvaluationResult("", study, val_cases=split.val_ids, split_digest=split.digest)
+              "noise_sigma": NOISE_SIGMA, "zero_fraction": ZERO_FRACTION, "seed": seed, "latency_repeats": repeats,
+              "folds": split.folds, "repeats": max(n_repeats), "cases": len(raw_cases)}
+    result = EvaluationResult("", study, val_cases=[r.case_id for r in scored], split_digest=split.digest)
     with tracking.evaluate_run(study, params) as parent, tempfile.TemporaryDirectory() as tmp:
         result.run_id = parent.info.run_id
         tracking.log_artifacts([split.save(Path(tmp) / SPLIT_FILE)], "")
@@ -115,18 +132,59 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
             if config.key() not in prepared:
                 prepared[config.key()] = [prepare(c, config) for c in raw_cases]
             model = load_model(checkpoint)
-            rows = evaluate_model(model, prepared[config.key()], seed=seed)
+            if out_of_fold:
+                rows = out_of_fold_rows(load_fold_models(models[architecture], experiment), models[architecture],
+                                        split, prepared[config.key()], seed)
+                metrics = summarize([{k: v for k, v in r.items() if k not in CASE_KEYS} for r in rows])
+            else:
+                rows = evaluate_model(model, prepared[config.key()], seed=seed)
+                metrics = summarize(rows)
             speed = latency(model, config.to_dict(), repeats=repeats)
             run_params = {"model_run": trial.run_id, "trial": trial.tags.get(tracking.TAG_TRIAL, ""),
                           "trial_state": trial.state, "onnx_provider": speed.pop("onnx_provider"),
+                          "folds": split.folds, "repeats": len(models[architecture]) // split.folds,
+                          "cases": len(rows),
                           **{k: trial.params[k] for k in ("width", "loss", "lr") if k in trial.params}}
             with tracking.evaluation_run(study, architecture, trial.run_id, run_params):
-                tracking.log_summary({**summarize(rows), **speed})
+                tracking.log_summary({**metrics, **speed})
                 tracking.log_cases(rows)
             result.architectures[architecture] = trial.run_id
         for rule, rows in evaluate_rules(raw_cases, seed=seed).items():
-            with tracking.clinical_rule_run(study, rule, {"rule": rule}):
+            with tracking.clinical_rule_run(study, rule, {"rule": rule, "cases": len(rows)}):
                 tracking.log_summary(summarize(rows))
                 tracking.log_cases(rows)
             result.rules.append(rule)
     return result
+
+
+def out_of_fold_rows(models: list, which: list, split: Split, cases: list, seed: int = 0) -> list[dict]:
+    """Per case, the metrics of the models of the fold that held it out, averaged over their repeats.
+
+    Args:
+        models: the K × R PyTorch models, in the order of ``which``.
+        which: their :class:`~benchmark.training.folds.FoldModel` (fold, repeat).
+        split: the study's split (which fold holds out which case).
+        cases: the prepared cases to score (each held out by exactly one fold).
+        seed: random seed of the perturbations (the same for every repeat).
+
+    Returns:
+        One row per case, in the order of ``cases``: ``case``, ``fold``, ``repeats``, the mean of each
+        metric of :func:`~benchmark.evaluation.robustness.evaluate_model` over the repeats, and
+        ``dice_repeat_sd`` (sample standard deviation of Dice over the repeats; 0 with one repeat).
+    """
+    import numpy as np
+
+    fold_of = {case_id: k for k in range(split.folds) for case_id in split.fold_ids(k)[1]}
+    per_case: dict[str, list[dict]] = {c.case_id: [] for c in cases}
+    for model, fold_model in zip(models, which, strict=True):
+        held_out = [c for c in cases if fold_of[c.case_id] == fold_model.fold]
+        for row in evaluate_model(model, held_out, seed=seed):
+            per_case[row["case"]].append(row)
+    rows = []
+    for case_id, scored in per_case.items():
+        metrics = [k for k in scored[0] if k != "case"]
+        dice_values = np.array([r["dice"] for r in scored], dtype=np.float64)
+        rows.append({"case": case_id, "fold": fold_of[case_id], "repeats": len(scored),
+                     **{k: float(np.mean([r[k] for r in scored])) for k in metrics},
+                     "dice_repeat_sd": float(dice_values.std(ddof=1)) if len(scored) > 1 else 0.0})
+    return rows

@@ -8,11 +8,18 @@ version only when it beats the current champion on the same validation cases (se
 :func:`champion_decision`) or the user forces it (``--promote``). Optionally an int8 model is made,
 calibrated on the training side of the split of the search that trained the model, and its Dice
 change against fp32 is measured on the validation side.
+
+:func:`export_ensemble` exports the K × R fold models of a trial (:mod:`benchmark.training.folds`)
+as one ONNX graph that averages their softmax probabilities (:class:`models.ensemble.Ensemble`; its
+``logits`` output is ``log p̄``, so prediction and serving read ``p̄`` unchanged). An ensemble has no
+held-out validation Dice (every case trained one of its members), so it takes the ``champion``
+alias only with ``--promote``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -23,13 +30,17 @@ import numpy as np
 from benchmark.data.cases import discover, read_case
 from benchmark.data.preprocessing import PreprocessConfig, prepare, to_native
 from benchmark.data.splits import Split
+from benchmark.errors import ParameterError
 from benchmark.evaluation.segmentation import dice
 from benchmark.evaluation.statistics import bootstrap_ci
 from benchmark.stages.data import model_split
+from benchmark.training.folds import fold_models, load_fold_models
 from benchmark.training.loop import load_model
-from models.onnx import Segmenter, export_onnx, quantize_int8, sidecar_path
+from models.ensemble import Ensemble
+from models.onnx import Segmenter, atomic_file, export_onnx, quantize_int8, read_sidecar, sidecar_path
 from tracking import model_registry
 from tracking import runs as tracking
+from tracking.records import Store
 
 PREDICTOR = "benchmark.serving:load_predictor"
 """The factory the registered pyfunc builds its predictor with (see :mod:`benchmark.serving`)."""
@@ -235,4 +246,75 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
             elif version is not None:
                 result.champion_reason = (f"registered version {version} without the "
                                           f"{model_registry.CHAMPION_ALIAS} alias (not the best of its search)")
+    return result
+
+
+def export_ensemble(reference: str = "", experiment: str = "", out: str | Path = "", register: bool = True,
+                    promote: bool = False) -> ExportResult:
+    """Export the fold models of a trial as one ONNX ensemble of their averaged probabilities; log and register it.
+
+    Args:
+        reference: the trial whose configuration the folds trained (a run id or ``runs:/…``); empty:
+            the best trial of the latest search.
+        experiment: the MLflow experiment (empty: the project run's under ``mlflow run``, else ``strokelens``).
+        out: also keep ``model.onnx`` and its JSON in this folder.
+        register: register the model (else only log it).
+        promote: make the new version the ``champion`` (without it, the alias stays where it is).
+
+    Raises:
+        ParameterError: the reference is no trial of a search, or the trial has one model only (train
+            ``--folds``/``--repeats``) or lacks some of its folds.
+        TrackingError: the reference does not resolve or the store cannot be used.
+    """
+    tracking.setup(experiment)
+    experiment = experiment or tracking.default_experiment()
+    checkpoint, preprocess, run_id = model_registry.resolve_model(reference, experiment)
+    split = model_split(run_id, checkpoint) if run_id else None
+    if not run_id or split is None:
+        raise ParameterError(f"model '{reference or checkpoint}' is no trial of a search with a saved split: an "
+                             "ensemble is made of a trial's fold models; pass --model <trial run id>")
+    study = tracking.study_of(run_id)
+    members = fold_models(Store(experiment), study, run_id, split.folds)
+    if len(members) < 2:
+        raise ParameterError(f"trial run {run_id} has a single model (1 fold, 1 repeat): nothing to ensemble; train "
+                             f"folds first (mlflow run . -e train -P study={study} -P folds=5 in a new study)")
+    preprocess = preprocess or PreprocessConfig().to_dict()
+    ensemble = Ensemble(load_fold_models(members, experiment))
+    repeats = len(members) // split.folds
+    facts = model_registry.source_run_facts(run_id)
+    architecture = ensemble.build_config["members"][0]["name"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out) if out else Path(tmp)
+        report = export_onnx(ensemble, folder / "model.onnx", preprocess)
+        sidecar = read_sidecar(report.onnx_path)
+        sidecar["ensemble"] = {"combination": "mean of the members' softmax probabilities; the logits output "
+                                              "is its logarithm (softmax of it gives the mean)",
+                               "folds": split.folds, "repeats": repeats, "trial_run": run_id,
+                               "members": [{"fold": m.fold, "repeat": m.repeat, "run_id": m.run_id} for m in members]}
+        with atomic_file(report.sidecar_path) as side:
+            side.write_text(json.dumps(sidecar, indent=2) + "\n")
+        tags = {"architecture": architecture, "study": study, "trial_run": run_id, "val_dice": "",
+                "split": split.digest, "data_digest": data_digest(split), "profile": facts.get("profile", ""),
+                "ensemble": f"{split.folds} folds x {repeats} repeats"}
+        description = (f"Ensemble of {len(members)} {architecture} segmenters of ischemic-stroke lesions (ONNX, log "
+                       f"of the mean softmax probability): trial run {run_id} of study '{study}' trained on "
+                       f"{split.folds} cross-validation folds × {repeats} repeats of split {split.digest[:8]}…. "
+                       "No held-out validation Dice: every labelled case trained some member.")
+        params = {"model": reference or run_id, "source_run": run_id, "split": split.digest, "ensemble": True,
+                  "folds": split.folds, "repeats": repeats, "members": len(members)}
+        with tracking.export_run(run_id, params) as parent:
+            tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
+            uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path,
+                                                         len(preprocess["modalities"]), register=register,
+                                                         tags=tags, description=description)
+            result = ExportResult(parent.info.run_id, run_id, f"ensemble of {len(members)} {architecture}",
+                                  report.worst, uri, version, False)
+            if version is not None and promote:
+                result.champion, result.champion_reason = champion_decision(version, None, split.digest, None,
+                                                                            promote=True)
+                model_registry.set_champion(version)
+            elif version is not None:
+                result.champion_reason = (f"registered version {version} without the {model_registry.CHAMPION_ALIAS} "
+                                          "alias: an ensemble has no held-out validation Dice to compare; pass "
+                                          "--promote to make it the champion")
     return result

@@ -1,11 +1,12 @@
 """The search stage: an Optuna search tracked in MLflow, then the ONNX export of its best trials.
 
-:func:`search_and_export` runs :func:`benchmark.training.search.run_search` (which saves the
-study's split, or reads it back when the study resumes) and exports the ``top_k`` best complete
-trials of the study; with ``folds`` K > 1 or ``repeats`` R > 1 it first trains the remaining folds
-and repeats of each architecture's best trial (:func:`benchmark.training.folds.train_folds`); the best competes for the registry's ``champion`` alias (it takes it only when it
-beats the current champion on the same split, or with ``promote``) and gets an int8 model,
-calibrated and measured on the study's split.
+:func:`search_and_export` runs :func:`benchmark.training.search.run_search` (which saves the study's
+split, or reads it back when the study resumes) and exports the ``top_k`` best complete trials of
+the study; with ``folds`` K > 1 or ``repeats`` R > 1 it first trains the remaining folds and repeats
+of each architecture's best trial (:func:`benchmark.training.folds.train_folds`). The best competes
+for the registry's ``champion`` alias (it takes it only when it beats the current champion on the
+same split, or with ``promote``) and gets an int8 model, calibrated and measured on the study's
+split.
 """
 
 from __future__ import annotations
