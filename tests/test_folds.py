@@ -15,6 +15,7 @@ from benchmark.data.splits import FOLDS_FORMAT, FORMAT, Split, make_split
 from benchmark.errors import DataError, ParameterError
 from benchmark.stages.evaluate import evaluate_study
 from benchmark.stages.export import export_ensemble
+from benchmark.stages.predict import predict_cases
 from benchmark.stages.train import search_and_export
 from benchmark.training.folds import fold_folder, fold_models, fold_seed, train_folds
 from benchmark.training.loop import load_model
@@ -190,6 +191,8 @@ def test_the_ensemble_export_averages_the_fold_models(folded, tmp_path):
     assert np.abs(Segmenter(tmp_path / "model.onnx").probability(x.numpy()) - reference).max() <= 1e-5
     version = client.get_model_version("strokelens-segmenter", exported.version)
     assert version.tags["ensemble"] == "2 folds x 1 repeats" and version.tags["split"] == result.search.split.digest
+    predicted = predict_cases(settings.data, tmp_path / "predictions", model=str(tmp_path / "model.onnx"))
+    assert predicted.cases and not predicted.failed  # predict reads the exported ensemble like any model
 
 
 @pytest.mark.slow
