@@ -1,7 +1,8 @@
 """``mlflow run . -e evaluate`` / ``python -m mlproject.evaluate``: the figures of the architecture leaderboard.
 
 The best trial of every architecture of a study and the clinical threshold rules, evaluated on the
-validation cases of the study's saved split (see :mod:`benchmark.stages.evaluate`).
+validation cases of the study's saved split, or, for a study trained with ``--folds``/``--repeats``,
+on every labelled case out of fold (see :mod:`benchmark.stages.evaluate`).
 """
 
 from __future__ import annotations

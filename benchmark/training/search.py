@@ -8,7 +8,9 @@ trains it with :func:`benchmark.training.loop.fit`, reports validation Dice each
 The train/validation split is made once per study (:mod:`benchmark.data.splits`) and saved
 as ``<checkpoints>/<study>/split.json`` and in every search run of the study (an artifact and an
 MLflow dataset input); a search that resumes the study reads it back (the local file, else the
-newest search run in MLflow that logged one) and refuses data that changed since.
+newest search run in MLflow that logged one) and refuses data that changed since. With ``folds`` K > 1
+the split holds K cross-validation folds and the search selects on fold 0; the other folds (and
+``repeats``) are trained afterwards by :mod:`benchmark.training.folds`.
 
 Studies live in ``storage`` (``sqlite:///optuna.db`` on one host; ``postgresql://…`` or
 ``journal:///…`` for many, see :mod:`benchmark.training.studies`). Running the same command again
