@@ -138,7 +138,7 @@ def test_a_two_fold_run_trains_the_second_fold_with_the_trials_settings(folded):
     assert fold.data.tags["strokelens.model_run"] == trial.info.run_id
     assert fold.data.tags["strokelens.architecture"] == "unet3d" and fold.data.tags["strokelens.state"] == "complete"
     assert client.get_run(fold.data.tags["mlflow.parentRunId"]).data.tags["strokelens.kind"] == "folds"
-    for key in ("lr", "width", "loss", "weight_decay", "augment", "epochs", "batch_size"):
+    for key in ("lr", "width", "loss", "weight_decay", "augment", "augmentation", "epochs", "batch_size"):
         assert fold.data.params[key] == trial.data.params[key]
     assert int(fold.data.params["seed"]) == fold_seed(0, 0, 0)
     assert int(fold.data.params["holdout_cases"]) == len(split.fold_ids(1)[1])

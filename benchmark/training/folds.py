@@ -6,7 +6,8 @@ architecture's best trial (:func:`best_trials`: the same trial the evaluation an
 show, complete trials first) and trains its configuration again:
 
 * on every fold k = 0 … K − 1 and repeat r = 0 … R − 1 except (0, 0), which is the trial itself;
-* with the trial's hyper-parameters (architecture, width, lr, weight decay, loss, augmentation),
+* with the trial's hyper-parameters (architecture, width, lr, weight decay, loss, augmentation
+  strength and kind),
   its epoch budget and batch size (its logged ``epochs`` and ``batch_size``), its preprocessing,
   the same early-stopping patience (none for a cover trial) and no pruning and no time budget;
 * with the seed :func:`fold_seed` = ``trial seed + trial number + 10000 · r``: repeat 0 of every
@@ -143,6 +144,7 @@ def _trial_config(trial: RunRecord, patience: int, device: str, seed: int) -> tu
               "weight_decay": float(p["weight_decay"]), "loss": p["loss"], "augment": float(p["augment"])}
         config = TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=hp["lr"],
                              weight_decay=hp["weight_decay"], loss=hp["loss"], augment=hp["augment"],
+                             augmentation=p.get("augmentation", "flips"),
                              patience=0 if p.get("phase") == "cover" else patience, seed=seed, device=device)
     except (KeyError, ValueError) as exc:
         raise ParameterError(f"trial run {trial.run_id} lacks the parameter {exc} or holds a wrong value: its "
@@ -233,6 +235,7 @@ def _train_one(study: str, trial: RunRecord, fold: int, repeat: int, train: list
     marker.write_text(json.dumps({"trial_run": trial.run_id, "fold": fold, "repeat": repeat, "seed": seed}) + "\n")
     (folder / "preprocess.json").write_text(json.dumps(preprocess.to_dict(), indent=2) + "\n")
     params = {**hp, "epochs": config.epochs, "batch_size": config.batch_size, "patience": config.patience,
+              "augmentation": config.augmentation,
               "grid": "x".join(map(str, preprocess.grid)), "seed": seed, "fold": fold, "repeat": repeat,
               "trial_run": trial.run_id, "train_cases": len(train), "holdout_cases": len(held_out),
               "resumed_from": str(resume or "")}

@@ -63,7 +63,7 @@ class Profile:
             architecture's best trial is trained again on folds 1 … K − 1, and evaluation scores every
             labelled case out of fold. ``default`` and ``gpu`` keep 1: ``make run`` must finish within
             15 minutes on a 2-core CPU, where each extra fold costs one more full training per architecture
-            (5 families × 40 epochs); ``paper`` uses nnU-Net's 5.
+            (5 families × 24 epochs); ``paper`` uses nnU-Net's 5.
         repeats: R trainings of each fold with seeds derived from the study's seed (1: no repeats).
     """
 
