@@ -11,6 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from benchmark.data.cases import discover
+from benchmark.data.preprocessing import PreprocessConfig
 from benchmark.data.splits import FOLDS_FORMAT, FORMAT, Split, make_split
 from benchmark.errors import DataError, ParameterError
 from benchmark.stages.evaluate import evaluate_study
@@ -29,7 +30,7 @@ TINY = Profile(name="tiny", trials=1, epochs=1, architectures=("unet3d",), width
                batch_size=2, patience=0, warmup=0,
                first={"architecture": "unet3d", "width": 0.0625, "lr": 3e-3, "weight_decay": 1e-5, "loss": "dice_ce",
                       "augment": 0.5})
-PREPROCESS = {"modalities": ["ADC", "CBF", "CBV", "Tmax"], "grid": [16, 16, 8]}
+PREPROCESS = PreprocessConfig(grid=(16, 16, 8)).to_dict()
 
 
 # --- the folds in the split file -----------------------------------------------------------------
@@ -94,10 +95,11 @@ def test_the_paper_profile_uses_five_folds_and_the_default_one():
 
 def test_the_onnx_ensemble_gives_the_pytorch_average_of_the_softmax_probabilities(tmp_path):
     torch.manual_seed(0)
-    members = [build("unet3d", 4, width=0.0625).eval() for _ in range(2)]
+    channels = len(PREPROCESS["modalities"])
+    members = [build("unet3d", channels, width=0.0625).eval() for _ in range(2)]
     ensemble = Ensemble(members).eval()
     report = export_onnx(ensemble, tmp_path / "model.onnx", PREPROCESS, grids=((8, 16, 16),))
-    x = torch.rand(2, 4, 8, 24, 16)
+    x = torch.rand(2, channels, 8, 24, 16)
     with torch.no_grad():
         reference = torch.stack([torch.softmax(m(x), dim=1) for m in members]).mean(dim=0)
         assert torch.allclose(ensemble.probability(x), reference, atol=1e-6)
