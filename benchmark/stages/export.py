@@ -304,9 +304,8 @@ def export_ensemble(reference: str = "", experiment: str = "", out: str | Path =
                   "folds": split.folds, "repeats": repeats, "members": len(members)}
         with tracking.export_run(run_id, params) as parent:
             tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
-            uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path,
-                                                         len(preprocess["modalities"]), register=register,
-                                                         tags=tags, description=description)
+            uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path, PREDICTOR,
+                                                         register=register, tags=tags, description=description)
             result = ExportResult(parent.info.run_id, run_id, f"ensemble of {len(members)} {architecture}",
                                   report.worst, uri, version, False)
             if version is not None and promote:
