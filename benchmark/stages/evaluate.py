@@ -57,8 +57,9 @@ class EvaluationResult:
         study: the study.
         architectures: per architecture, the trial run evaluated.
         rules: the clinical rules evaluated.
-        val_cases: the validation cases, as saved in the study's split.
+        val_cases: the cases scored: the split's validation side, or every labelled case with K ≥ 2 folds.
         split_digest: the split's digest.
+        folds: K, the split's cross-validation folds.
     """
 
     run_id: str
@@ -67,16 +68,21 @@ class EvaluationResult:
     rules: list[str] = field(default_factory=list)
     val_cases: list[str] = field(default_factory=list)
     split_digest: str = ""
+    folds: int = 1
 
     def line(self) -> str:
         """The summary line the command line prints."""
+        cases = (f"{len(self.val_cases)} validation cases" if self.folds == 1 else
+                 f"all {len(self.val_cases)} labelled cases out of fold ({self.folds} folds)")
         return (f"evaluated {len(self.architectures)} architectures and {len(self.rules)} clinical rules on "
-                f"{len(self.val_cases)} validation cases under MLflow run {self.run_id}")
+                f"{cases} under MLflow run {self.run_id}")
 
 
 def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repeats: int = 5, seed: int = 0,
                    checkpoints: str | Path = DEFAULT_CHECKPOINTS, split: Split | None = None) -> EvaluationResult:
     """Evaluate the best trial of each architecture and the clinical rules on the study's validation cases.
+
+    With folds or repeats, every labelled case is scored out of fold (see the module docstring).
 
     Args:
         study: the Optuna study (and MLflow study tag).
@@ -121,7 +127,8 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
     params = {"study": study, "data": str(data or split.data), "val_cases": len(raw_cases), "split": split.digest,
               "noise_sigma": NOISE_SIGMA, "zero_fraction": ZERO_FRACTION, "seed": seed, "latency_repeats": repeats,
               "folds": split.folds, "repeats": max(n_repeats), "cases": len(raw_cases)}
-    result = EvaluationResult("", study, val_cases=[r.case_id for r in scored], split_digest=split.digest)
+    result = EvaluationResult("", study, val_cases=[r.case_id for r in scored], split_digest=split.digest,
+                              folds=split.folds)
     with tracking.evaluate_run(study, params) as parent, tempfile.TemporaryDirectory() as tmp:
         result.run_id = parent.info.run_id
         tracking.log_artifacts([split.save(Path(tmp) / SPLIT_FILE)], "")
