@@ -216,3 +216,39 @@ def test_repeats_are_scored_separately_and_averaged_per_case_with_their_spread(f
     assert sorted(table["case"]) == sorted(c.case for c in result.search.split.cases)
     assert (table["repeats"] == 2).all() and (table["dice_repeat_sd"] >= 0).all()
     assert "dice_repeat_sd_mean" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_an_interrupted_fold_resumes_from_its_last_checkpoint(isles_dir, tmp_path, monkeypatch):
+    import benchmark.training.folds as folds
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    settings = SearchSettings(data=isles_dir, trials=1, epochs=2, study="s", storage=f"sqlite:///{tmp_path}/o.db",
+                              experiment="e", seed=0, device="cpu", profile=TINY, checkpoints=tmp_path / "ckpt",
+                              cache=None, progress=False, folds=2)
+    real_fit = folds.fit
+
+    def stopped_after_one_epoch(*args, **kwargs):
+        on_epoch = kwargs["on_epoch"]
+
+        def stop(epoch, row):
+            on_epoch(epoch, row)
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch": stop})
+
+    monkeypatch.setattr(folds, "fit", stopped_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        search_and_export(settings, export=False)
+    assert (tmp_path / "ckpt" / "s" / "unet3d" / "fold_1" / "last.pt").is_file()
+    monkeypatch.setattr(folds, "fit", real_fit)
+    split = Split.load(tmp_path / "ckpt" / "s" / "split.json")
+    result = train_folds("s", "e", split, 1, isles_dir, 0, settings.checkpoints, "cpu", progress=False)
+    assert result.trained == [("unet3d", 1, 0)]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("e").experiment_id
+    runs = client.search_runs([experiment], "tags.`strokelens.kind` = 'fold'", order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["strokelens.state"] for r in runs] == ["failed", "complete"]
+    assert runs[1].data.params["resumed_from"].endswith("fold_1/last.pt")
+    history = client.get_metric_history(runs[1].info.run_id, "val_dice")
+    assert [m.step for m in history] == [1]  # only the epoch left after the stop was trained again
