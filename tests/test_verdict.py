@@ -47,7 +47,7 @@ def test_few_cases_are_said_to_allow_no_verdict():
     runs = StudyRuns("e", "s")
     lines = conclusions(runs, table, pd.DataFrame())
     text = " ".join(lines)
-    assert "6 validation cases" in text and "unet3d" in text
+    assert "6 cases" in text and "1 fold, 1 repeat" in text and "unet3d" in text
     assert smallest_p(6, 1) < 0.05 and "no difference can be significant" not in text
     many = compare_with_best(pd.concat([table] * 3, ignore_index=True).assign(run_id=["ra", "rb"] * 3),
                              {"ra": _cases(rows[:4]), "rb": _cases([r - 0.3 for r in rows[:4]])})
@@ -59,3 +59,15 @@ def test_synthetic_data_is_named_as_such():
                                  "evidence_mass_accuracy": [0.8], "relevance_mass_accuracy": [0.7]})
     text = " ".join(conclusions(StudyRuns("e", "s"), pd.DataFrame(), explanations))
     assert "synthetic data" in text and "clinical accuracy" in text and "lrp_epsilon" in text
+
+
+def test_folds_and_repeats_are_stated():
+    from tracking.records import RunRecord
+
+    rows = [0.9, 0.5, 0.4, 0.3, 0.2, 0.1]
+    table = compare_with_best(pd.DataFrame({"name": ["unet3d"], "run_id": ["ra"], "dice_mean": [0.4]}),
+                              {"ra": _cases(rows)})
+    evaluation = RunRecord("ra", "ra", "FINISHED", 0, "", {}, {"folds": "5", "repeats": "2"})
+    runs = StudyRuns("e", "s", evaluations=[evaluation])
+    text = " ".join(conclusions(runs, table, pd.DataFrame()))
+    assert "out-of-fold over **5 folds**" in text and "2 seed repeats" in text

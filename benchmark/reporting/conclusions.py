@@ -29,6 +29,15 @@ def is_synthetic(runs: StudyRuns, explanations: pd.DataFrame) -> bool:
     return "synthetic" in data.lower() or bool(evidence)
 
 
+def _design(runs: StudyRuns) -> tuple[int, int]:
+    """(folds, seed repeats) of the newest evaluation, (1, 1) when it logged none."""
+    params = runs.evaluations[0].params if runs.evaluations else {}
+    try:
+        return int(params.get("folds", 1)), int(params.get("repeats", 1))
+    except ValueError:
+        return 1, 1
+
+
 def conclusions(runs: StudyRuns, architectures: pd.DataFrame, explanations: pd.DataFrame) -> list[str]:
     """The report's conclusions, one sentence or short paragraph each (Markdown ``**bold**`` marks)."""
     lines = []
@@ -39,8 +48,15 @@ def conclusions(runs: StudyRuns, architectures: pd.DataFrame, explanations: pd.D
     else:
         n = int(evaluated["n_cases"].max())
         best = evaluated.iloc[0]
-        lines.append(f"Rows were evaluated on **{n} validation cases** of one saved split (1 fold, 1 repeat: no "
-                     f"spread across splits or seeds is included). Intervals are {CONFIDENCE:.0%} percentile "
+        folds, repeats = _design(runs)
+        if folds > 1 or repeats > 1:
+            design = (f"out-of-fold over **{folds} folds** of the saved split (each case scored by the model that "
+                      f"did not train on it), {repeats} seed repeat{'s' if repeats > 1 else ''} per fold averaged "
+                      "per case")
+        else:
+            design = ("one saved split (1 fold, 1 repeat: no spread across splits or seeds is included; "
+                      "`--folds K --repeats R` adds it)")
+        lines.append(f"Rows were evaluated on **{n} cases**, {design}. Intervals are {CONFIDENCE:.0%} percentile "
                      "bootstrap intervals of the mean over cases.")
         lines.append(f"Best: **{best['name']}**, Dice {best['dice_mean']:.3f} "
                      f"[{best['dice_ci_low']:.3f}, {best['dice_ci_high']:.3f}].")
