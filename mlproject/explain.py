@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", default="2", help="how many validation cases, or a comma list of case ids")
     add_experiment_argument(parser)
     parser.add_argument("--heavy", default="raw", choices=HEAVY_CHOICES,
-                        help="where to run faithfulness and randomisation (many forward passes)")
+                        help="where to run the randomisation test (three more explanations per row); "
+                        "faithfulness runs on every row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder that keeps finished method × case jobs "
                         "(relevance NIfTI, PNG, metrics JSON) so that a rerun after a stop reuses them")

@@ -338,9 +338,11 @@ def test_pipeline_writes_every_report_file(pipeline):
                  "architecture_cases.csv", "explanation_cases.csv"):
         assert (folder / name).is_file(), name
     figures = sorted(p.name for p in (folder / "figures").glob("*.png"))
-    assert "dice_by_volume.png" in figures and "filter_sweep_evidence_mass_accuracy.png" in figures
-    assert {f"heatmap_{k}.png" for k in ("evidence_mass_accuracy", "relevance_mass_accuracy",
+    assert "dice_by_volume.png" in figures and "filter_sweep_faithfulness.png" in figures  # a sweep per key metric
+    assert {f"heatmap_{k}.png" for k in ("faithfulness", "evidence_rank_accuracy", "retained_relevance",
+                                         "evidence_mass_accuracy", "relevance_mass_accuracy",
                                          "relevance_rank_accuracy", "blrp_to_ot")} <= set(figures)
+    assert "architectures_methods.png" in figures  # LRP variants across the architectures' best trials
     assert any(f.startswith("overlay_best_") for f in figures)
     assert {"modalities_blrp_to_ot.png", "modalities_evidence_mass_accuracy.png"} <= set(figures)
     assert f"report: reports/{STUDY}/leaderboard.html" in result.stdout
@@ -383,17 +385,25 @@ def test_architecture_leaderboard_has_networks_rules_and_traceable_numbers(pipel
 def test_explanation_leaderboard_ranks_methods_and_filters(pipeline):
     workdir, _ = pipeline
     table = pd.read_csv(workdir / "reports" / STUDY / "explanations.csv")
-    pairs = set(zip(table["method"], table["filter"]))
+    assert set(table["architecture"]) == {"unet3d", "segresnet3d"}  # every architecture's best trial
+    first = table[table["architecture"] == table["architecture"].iloc[0]]
+    pairs = set(zip(first["method"], first["filter"]))
     assert {("lrp_zplus_zbox", "raw"), ("lrp_zplus_zbox", "pass_0_0.2"), ("lrp_zplus_zbox", "post_pass_0.2_1"),
             ("gradient", "raw"), ("gradient", "post_pass_0.2_1"), ("random", "raw")} <= pairs
     assert ("gradient", "pass_0_0.2") not in pairs  # baselines take no layer-wise filter
-    assert list(table["rank"]) == list(range(1, len(table) + 1))
-    assert list(table["rank_score"]) == sorted(table["rank_score"])
+    for _, own in table.groupby("architecture", sort=False):  # ranked within each explained model
+        assert list(own["rank"]) == list(range(1, len(own) + 1))
+        assert list(own["rank_score"]) == sorted(own["rank_score"])
     assert table.loc[table["method"] == "random", "kind"].eq("floor").all()
-    assert "evidence_mass_accuracy_sd" in table.columns
+    assert "faithfulness_sd" in table.columns and table["retained_relevance"].notna().all()
     client, runs = _mlflow(workdir)
     kinds = {r.info.run_id: r.data.tags.get("strokelens.kind") for r in runs}
     assert all(kinds[r] == "explanation" for r in table["run_id"])
+    explained = [r for r in runs if r.data.tags.get("strokelens.kind") == "explanation"]
+    assert len(explained) == table["run_id"].nunique() < len(table)  # one run per architecture × method
+    for run in explained:  # the report's ranks are logged back; the run names its model
+        assert run.data.metrics["rank"] == table[table["run_id"] == run.info.run_id]["rank"].min()
+        assert {"strokelens.architecture", "strokelens.model_run", "strokelens.study"} <= set(run.data.tags)
 
 
 def test_report_run_holds_the_report_in_mlflow(pipeline):

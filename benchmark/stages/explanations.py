@@ -62,7 +62,9 @@ from tracking.records import Store, best_trial_per_architecture
 DEFAULT_OUT = Path("explanations")
 """Where finished method × case jobs are kept between runs (see the module docstring)."""
 HEAVY_CHOICES = ("raw", "all", "none")
-"""Where faithfulness and randomisation (many forward passes) run: raw relevance only, every filter, nowhere."""
+"""Where the randomisation test (three more explanations per row) runs: raw relevance only, every filter, nowhere.
+
+Faithfulness (region perturbation) runs on every row whatever ``heavy`` says: it ranks."""
 
 
 @dataclass
@@ -200,7 +202,7 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
     network = load_model(checkpoint)
     architecture = tracking.architecture_of(model_run) or getattr(network, "build_config", {}).get("name", "")
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
-              "architecture": architecture,
+              "architecture": architecture, "study": tracking.study_of(model_run),
               "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
               "split": split.digest if split is not None else ""}
     settings = {"checkpoint_sha1": _sha1(checkpoint), "model_run": model_run or "", "preprocess": config.to_dict(),
