@@ -197,7 +197,7 @@ def _architecture_figure(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> 
     return Figure(path, "The ranking's key metrics of each unfiltered method (rows) on the best trial of each "
                         "architecture (columns): mean over the explained validation cases ± their sd, n cases. "
                         "Blank: the method was not explained on that architecture (the default explains the "
-                        "champion with every method, the others with four LRP variants and the two references).")
+                        "champion with every method, the others with three LRP variants and the two references).")
 
 
 def _modality_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> list[Figure]:

@@ -21,16 +21,16 @@ from benchmark.stages.train import TrainResult, search_and_export
 from benchmark.training.search import SearchSettings
 from explain.filters import parse_filters
 
-DEFAULT_EXPLAIN_FILTERS = ("raw", "pass_0.2_1", "clamp_0_0.2", "post_pass_0.2_1")
-"""The champion's filters: raw, two of the study's layer-wise intervals (keep the strongest, clip) and one post-hoc.
+DEFAULT_EXPLAIN_FILTERS = ("raw", "pass_0.2_1", "post_pass_0.2_1")
+"""The champion's filters: raw and the study's strongest-relevance pass interval, layer-wise and post-hoc.
 
-Every row now gets region perturbation (the faithfulness that ranks: 8 forward passes, about 1.3 s
-per row and case on 2 CPU cores), so the study's full sweep (``study_sweep,study_sweep_post``: 31
-filters, about 15 minutes for 13 methods on 2 cases) no longer fits the default; pass it with
-``--explain-filters``."""
-OTHER_EXPLAIN_METHODS = ("lrp_epsilon", "lrp_zplus", "lrp_zplus_zbox", "study_published", "random", "prediction")
+Every row now gets region perturbation (the faithfulness that ranks: 8 forward passes, 1.3–2.4 s
+per row and case for a width-0.25 U-Net at 48×48×19 on 2 CPU cores), so the study's full sweep
+(``study_sweep,study_sweep_post``: 31 filters, about 15 minutes for 13 methods on 2 cases) no
+longer fits the default; pass it with ``--explain-filters``."""
+OTHER_EXPLAIN_METHODS = ("lrp_epsilon", "lrp_zplus", "lrp_zplus_zbox", "random", "prediction")
 """The methods explained on every other architecture's best trial (among those chosen for the champion):
-four LRP variants, the random floor and the prediction reference."""
+three LRP variants, the random floor and the prediction reference."""
 OTHER_EXPLAIN_FILTERS = ("raw",)
 """The filters of the other architectures: unfiltered only (the methods themselves, compared across architectures)."""
 
