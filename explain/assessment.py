@@ -1,8 +1,14 @@
 """One explanation method on one case: relevance for each filter and its metrics.
 
-Cheap metrics are computed for every filter; region perturbation and the cascading
-randomisation test cost many forward passes and run on the unfiltered (``raw``) relevance
-only, unless ``heavy="all"``.
+Every filter gets the localisation metrics, ``retained_relevance`` (against the same method's
+unfiltered relevance, which an LRP sweep therefore always computes) and ``faithfulness``: region
+perturbation with per-modality regions (channel × 2×8×8 blocks) in :data:`FAITHFULNESS_STEPS`
+steps per curve, all perturbed volumes of a curve in one batched forward pass, the unperturbed
+target shared by every filter. 4 steps instead of the usual 10 cut the cost to 8 forward passes
+per row (about 1.3 s for a width-0.25 U-Net at 48×48×19 on 2 CPU cores) and measure the same curve
+at a coarser step (the ranking needs the metric on every row; it compares rows at one setting).
+The cascading randomisation test (three more explanations per row) runs on the unfiltered
+relevance only, unless ``heavy="all"``; ``heavy="none"`` skips it.
 """
 
 from __future__ import annotations
@@ -16,8 +22,14 @@ import torch
 from torch import nn
 
 from explain import metrics as m
-from explain.attribution import attribute, frozen, is_lrp, lrp_sweep, target_mask
+from explain.attribution import attribute, is_lrp, lrp_sweep
 from explain.filters import RelevanceFilter
+from explain.targets import explained_target, frozen, target_mask
+
+FAITHFULNESS_STEPS = 4
+"""Region-perturbation steps per curve on every row (module docstring)."""
+FAITHFULNESS_BLOCK = (2, 8, 8)
+"""Region size (D, H, W) in voxels, per modality."""
 
 
 @dataclass
@@ -40,6 +52,8 @@ def _case_metrics(relevance: np.ndarray, x: np.ndarray, lesion: np.ndarray, evid
         out[f"blrp_to_ot_{name}"], out[f"blrp_to_bx_{name}"] = float(a), float(b)
     out["relevance_mass_accuracy"] = m.relevance_mass_accuracy(relevance, lesion)
     out["relevance_rank_accuracy"] = m.relevance_rank_accuracy(relevance, lesion)
+    if evidence is not None:
+        out["evidence_rank_accuracy"] = m.evidence_rank_accuracy(relevance, evidence)
     out["pointing_game"] = m.pointing_game(relevance, lesion)
     out["sparseness"] = m.sparseness(relevance)
     if evidence is not None:
@@ -49,6 +63,37 @@ def _case_metrics(relevance: np.ndarray, x: np.ndarray, lesion: np.ndarray, evid
             out[f"evidence_mass_accuracy_{name}"] = float(value)
         out["modality_attribution_accuracy"] = m.modality_attribution_accuracy(relevance, evidence, lesion)
     return out
+
+
+def assess(model: nn.Module, image: np.ndarray, relevance: np.ndarray, lesion: np.ndarray,
+           evidence: np.ndarray | None, modalities: Sequence[str], raw: np.ndarray | None = None,
+           mask: torch.Tensor | None = None, base: float | None = None) -> dict[str, float]:
+    """Every cheap metric of one relevance map, ``retained_relevance`` and ``faithfulness``.
+
+    Args:
+        model: the explained model (left as it was).
+        image: (C, D, H, W) model input.
+        relevance: (C, D, H, W) relevance to assess.
+        lesion: (D, H, W) bool ground truth.
+        evidence: (C, D, H, W) bool synthetic evidence, or None.
+        modalities: channel names.
+        raw: the same method's unfiltered relevance (None: ``relevance`` is unfiltered).
+        mask: the explained voxels (default: the model's predicted lesion on ``image``).
+        base: the explained target on ``image`` (default: computed).
+    """
+    x = torch.from_numpy(image[None]).float()
+    with frozen(model), torch.no_grad():
+        if mask is None or base is None:
+            logits = model(x)
+            mask = target_mask(logits) if mask is None else mask
+            base = float(explained_target(logits, mask)[0]) if base is None else base
+        values = _case_metrics(relevance, image, lesion, evidence, modalities)
+        values["retained_relevance"] = 1.0 if raw is None else m.retained_relevance(relevance, raw)
+        perturbation = m.region_perturbation(model, x, relevance, mask, block=FAITHFULNESS_BLOCK,
+                                             steps=FAITHFULNESS_STEPS, batch=FAITHFULNESS_STEPS, per_channel=True,
+                                             base=base)
+    values.update(perturbation)
+    return values
 
 
 def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, evidence: np.ndarray | None,
@@ -65,7 +110,7 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
         method: an ``explain.methods()`` name.
         filters: relevance filters; baselines take ``raw`` and post-hoc filters only.
         case_id: for the results.
-        heavy: ``raw`` (faithfulness and randomisation on raw relevance only), ``all`` or ``none``.
+        heavy: where the randomisation test runs: ``raw`` (unfiltered relevance only), ``all`` or ``none``.
         seed: for random and smoothgrad baselines and the randomisation test.
         **options: rule options of LRP variants.
 
@@ -77,28 +122,30 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
     if not usable:
         return []
     with frozen(model), torch.no_grad():
-        mask = target_mask(model(x))
+        logits = model(x)
+        mask = target_mask(logits)
+        base = float(explained_target(logits, mask)[0])
     started = time.perf_counter()
     explained = None
     if is_lrp(method):
-        relevances, explained = lrp_sweep(model, x, method, usable, **options)
+        swept = usable if any(f.kind == "raw" for f in usable) else [RelevanceFilter(), *usable]
+        relevances, explained = lrp_sweep(model, x, method, swept, **options)
         propagations = 1 + sum(f.mode == "layer" and f.kind != "raw" for f in usable)
     else:
-        raw = attribute(model, x, method, seed=seed)
-        relevances = {f.name: f(raw) for f in usable}
+        relevances = {"raw": attribute(model, x, method, seed=seed)}
+        relevances.update({f.name: f(relevances["raw"]) for f in usable})
         propagations = 1
     seconds = (time.perf_counter() - started) / propagations
+    raw = relevances["raw"][0].numpy()
     results = []
     for f in usable:
         relevance = relevances[f.name][0].numpy()
-        values = _case_metrics(relevance, image, lesion, evidence, modalities)
+        values = assess(model, image, relevance, lesion, evidence, modalities, raw=raw, mask=mask, base=base)
         values["seconds_per_volume"] = seconds
         if explained is not None:
             values["conservation_error"] = m.conservation_error(relevance, float(explained[0]))
         if heavy == "all" or (heavy == "raw" and f.kind == "raw"):
             with frozen(model):
-                values.update(m.region_perturbation(model, x, relevance, mask))
-
                 def again(randomised: nn.Module, f: RelevanceFilter = f) -> np.ndarray:
                     if is_lrp(method):
                         return lrp_sweep(randomised, x, method, [f], **options)[0][f.name][0].numpy()

@@ -11,7 +11,12 @@ sum of the explained lesion logits.
   baseline, right Riemann sum; Sundararajan et al. 2017);
 * ``smoothgrad``: mean gradient over ``samples`` = 8 noisy copies, σ = 0.15 × the input range
   (Smilkov et al. 2017);
-* ``random``: uniform noise in [0, 1), the floor every method must beat.
+* ``random``: uniform noise in [0, 1), the floor every method must beat;
+* ``prediction``: the model's own lesion probability ``softmax(logits)_1`` copied to every input
+  channel, a reference that shows the prediction and explains nothing (no modality, no structure
+  beyond the output). Any localisation metric against the lesion mask rewards it, because a good
+  segmenter's output *is* the lesion: a method worth its cost must rank above it. It needs a model
+  whose output has the input's spatial shape (a segmenter); ``target`` is ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from explain.errors import ExplainError
 from explain.targets import target_mask
 
 Tensor = torch.Tensor
@@ -108,8 +114,22 @@ class RandomAttribution(Attribution):
         return torch.rand(x.shape, generator=torch.Generator().manual_seed(self.seed))
 
 
+class PredictionAttribution(Attribution):
+    """The predicted lesion probability ``softmax(logits)[:, 1]`` in every channel of x (a reference, not a method)."""
+
+    def attribute(self, x, target=None):
+        with torch.no_grad():
+            logits = self.model(x)
+        if logits.shape[2:] != x.shape[2:]:
+            raise ExplainError(f"the prediction baseline needs an output on the input's grid: the model maps "
+                               f"{tuple(x.shape[2:])} to {tuple(logits.shape[2:])}; use another method")
+        probability = torch.softmax(logits.float(), dim=1)[:, 1:2]
+        return probability.expand(-1, x.shape[1], *([-1] * (x.dim() - 2))).contiguous().to(
+            x.dtype if x.is_floating_point() else torch.float32)
+
+
 BASELINES: dict[str, type[Attribution]] = {
     "gradient": Gradient, "gradient_x_input": GradientXInput, "integrated_gradients": IntegratedGradients,
-    "smoothgrad": SmoothGrad, "random": RandomAttribution,
+    "smoothgrad": SmoothGrad, "random": RandomAttribution, "prediction": PredictionAttribution,
 }
 """Method name → attribution class."""

@@ -13,6 +13,13 @@ ground-truth evidence ``E`` (C, D, H, W, synthetic data), ``R⁺ = max(R, 0)`` a
 * ``relevance_rank_accuracy`` (Arras et al. 2022): of the K = |G| voxels with the largest ``r``,
   the share inside G. Voxels tied at the K-th value count with their expected share (as if the
   tie were broken at random), so the score never depends on array order.
+* ``evidence_rank_accuracy`` (synthetic data; Arras et al.'s rank accuracy with per-modality
+  ground truth): of the K = |E| elements (channel, voxel) with the largest ``R_c``, the share inside
+  E; ties count with their expected share. Relevance copied to every channel (the ``prediction``
+  baseline) ties across modalities and scores the share of evidence among the tied channels.
+* ``retained_relevance``: ``Σ|R_filtered| / Σ|R_raw|`` of the same method and case, the share of
+  relevance a filter kept (1 for raw; a layer-wise filter changes what later layers receive, so it
+  may exceed 1). Mass accuracies rise when a filter discards relevance; this says how much it discarded.
 * ``pointing_game`` (Zhang et al. 2018, "Top-down neural attention by excitation backprop",
   IJCV 126, without a tolerance margin): 1 if the voxel with the largest ``r`` lies in G, else 0;
   with tied maxima, the share of them inside G.
@@ -26,6 +33,10 @@ ground-truth evidence ``E`` (C, D, H, W, synthetic data), ``R⁺ = max(R, 0)`` a
   explained voxels), ``AOPC = (1/L) Σ_{k=1..L} (f(x) − f(x_k)) / |f(x)|``; the score is
   ``AOPC_MoRF − AOPC_LeRF`` (higher is more faithful). Samek et al. average over k = 0..L (the
   k = 0 term is 0) and do not divide by |f(x)|: ours = (L+1)/L · AOPC_Samek / |f(x)|.
+  Blocks tied in relevance are removed in one fixed random order in both curves (so a constant or
+  zero map scores 0, whatever the array order). With ``per_channel`` each modality's block is a
+  region of its own (channel × block): a multi-modal explanation claims which modality matters, and
+  this tests that claim; relevance copied to every channel ties across modalities there.
 * ``sparseness`` (Chalasani et al. 2020, "Concise explanations of neural networks using
   adversarial training", ICML): the Gini index of ``|R|`` (1: all relevance on one voxel,
   0: uniform), ``Σ_i Σ_j |a_i − a_j| / (2 n Σ a)``.
@@ -161,6 +172,21 @@ def modality_attribution_accuracy(relevance: np.ndarray, evidence: np.ndarray, l
     return _ratio(p[evidence[:, lesion]].sum(), p.sum())
 
 
+def evidence_rank_accuracy(relevance: np.ndarray, evidence: np.ndarray) -> float:
+    """Share of the |E| (channel, voxel) elements with the largest ``R_c`` that lie in E (ties fair)."""
+    relevance = _relevance(relevance)
+    evidence = as_mask(evidence, "evidence", relevance.shape)
+    k = int(evidence.sum())
+    if k == 0:
+        return 0.0
+    return _top_share(relevance.ravel(), evidence.ravel(), k)
+
+
+def retained_relevance(filtered: np.ndarray, raw: np.ndarray) -> float:
+    """``Σ|R_filtered| / Σ|R_raw|``: the share of relevance a filter kept (0 when the raw map is all zero)."""
+    return _ratio(float(np.abs(filtered).sum()), float(np.abs(raw).sum()))
+
+
 def sparseness(relevance: np.ndarray) -> float:
     """Gini index of ``|R|``: ``Σ_i (2i − n − 1) a_(i) / (n Σ a)`` with a sorted ascending."""
     a = np.sort(np.abs(relevance).ravel()).astype(np.float64)
@@ -193,7 +219,8 @@ def conservation_error(relevance: np.ndarray, target: float) -> float:
 
 @torch.no_grad()
 def region_perturbation(model: nn.Module, x: Tensor, relevance: np.ndarray, mask: Tensor,
-                        block: Sequence[int] = (2, 8, 8), steps: int = 10, batch: int = 5) -> dict[str, float]:
+                        block: Sequence[int] = (2, 8, 8), steps: int = 10, batch: int = 5, per_channel: bool = False,
+                        base: float | None = None) -> dict[str, float]:
     """AOPC of MoRF and LeRF region perturbation and their difference (module docstring).
 
     Args:
@@ -204,6 +231,8 @@ def region_perturbation(model: nn.Module, x: Tensor, relevance: np.ndarray, mask
         block: block size (D, H, W) in voxels.
         steps: perturbation steps per curve.
         batch: perturbed volumes per forward pass.
+        per_channel: regions are channel × block (each modality perturbed on its own), not blocks of every channel.
+        base: the explained target of the unperturbed ``x`` when the caller has it (saves a forward pass).
 
     Returns:
         ``aopc_morf``, ``aopc_lerf`` and ``faithfulness`` = their difference.
@@ -214,22 +243,25 @@ def region_perturbation(model: nn.Module, x: Tensor, relevance: np.ndarray, mask
     mask = mask.to(x.dtype)
     bd, bh, bw = block
     nd, nh, nw = -(-d // bd), -(-h // bh), -(-w // bw)
-    r = np.zeros((nd * bd, nh * bh, nw * bw))
-    r[:d, :h, :w] = relevance.sum(axis=0)
-    scores = r.reshape(nd, bd, nh, bh, nw, bw).sum(axis=(1, 3, 5)).ravel()
+    channels = c if per_channel else 1
+    r = np.zeros((channels, nd * bd, nh * bh, nw * bw))
+    r[:, :d, :h, :w] = relevance if per_channel else relevance.sum(axis=0, keepdims=True)
+    scores = r.reshape(channels, nd, bd, nh, bh, nw, bw).sum(axis=(2, 4, 6)).ravel()
+    ties = np.random.default_rng(0).permutation(scores.size)  # one fixed order among equal scores, both curves
 
     def score(batch_x: Tensor) -> np.ndarray:
         return (model(batch_x)[:, 1] * mask).flatten(1).sum(1).numpy()
 
-    base = float(score(x)[0])
+    base = float(score(x)[0]) if base is None else float(base)
     results = {}
-    for name, order in (("morf", np.argsort(-scores, kind="stable")), ("lerf", np.argsort(scores, kind="stable"))):
+    for name, order in (("morf", np.lexsort((ties, -scores))), ("lerf", np.lexsort((ties, scores)))):
         cut = np.linspace(0, len(order), steps + 1).round().astype(int)[1:]
         volumes = []
         for k in cut:
-            keep = np.ones(nd * nh * nw, bool)
+            keep = np.ones(scores.size, bool)
             keep[order[:k]] = False
-            voxel = np.repeat(np.repeat(np.repeat(keep.reshape(nd, nh, nw), bd, 0), bh, 1), bw, 2)[:d, :h, :w]
+            grid = keep.reshape(channels, nd, nh, nw)
+            voxel = np.repeat(np.repeat(np.repeat(grid, bd, 1), bh, 2), bw, 3)[:, :d, :h, :w]
             volumes.append(x[0] * torch.from_numpy(voxel).to(x.dtype))
         values = np.concatenate([score(torch.stack(volumes[i:i + batch])) for i in range(0, steps, batch)])
         results[f"aopc_{name}"] = float(np.mean(base - values) / max(abs(base), 1e-12))

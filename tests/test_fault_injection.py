@@ -274,8 +274,9 @@ def test_explain_survives_sigkill_and_sigterm_and_reruns_reuse_finished_jobs(che
     assert len(parents) >= normal_ends + 1  # a kill after the run ended leaves it FINISHED, and complete
     for parent in parents:  # a FINISHED explain run is complete; every other one is FAILED
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 2 + 2 + 1 + 1  # LRP: raw and pass; baselines: raw only
+        assert len(children) == len(methods)  # one run per method, its filters in a table (LRP: raw and pass)
         assert all(r.data.params["cases"] == "5" and r.info.status == "FINISHED" for r in children)
+        assert sorted(r.data.params["filters"] for r in children) == ["1", "1", "2", "2"]  # baselines: raw only
 
     before = _outputs(folder())
     code, stdout, err = _stop(_cli(tmp_path, "explain", *args, "--overwrite"), None)

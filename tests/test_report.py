@@ -17,7 +17,13 @@ from benchmark.data.synthetic import write_dataset
 from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.clinical_rules import clinical_masks, hemispheres, lateral_axis
 from benchmark.evaluation.robustness import perturb
-from benchmark.reporting.leaderboard import StudyRuns, architecture_table, explanation_table, floor_value
+from benchmark.reporting.leaderboard import (
+    StudyRuns,
+    architecture_table,
+    explanation_ranks,
+    explanation_table,
+    floor_value,
+)
 from benchmark.reporting.report import MARKER, build_report
 from tracking.records import RunRecord
 
@@ -106,30 +112,76 @@ def test_architecture_table_ranks_by_dice_then_hd95_and_counts_trials():
     assert table[table["name"] == "core_rcbf30"].iloc[0]["kind"] == "clinical rule"
 
 
-def test_explanation_table_ranks_by_mean_rank_and_marks_the_random_floor():
-    def explanation(run_id, method, filter_name, ema, rma, rra, cover, seconds=1.0):
+def test_explanation_table_ranks_by_faithfulness_and_fair_localisation_within_each_architecture():
+    def explanation(run_id, method, filter_name, faith, era, rra, mass=0.5, retained=1.0, seconds=1.0,
+                    architecture="unet3d"):
         mode = "post" if filter_name.startswith("post_") else "layer"
         kind = "raw" if filter_name == "raw" else "pass"
-        return _record(run_id, "explanation", params={"method": method, "filter": filter_name, "filter_kind": kind,
-                                                      "filter_mode": mode},
-                       metrics={"evidence_mass_accuracy": ema, "relevance_mass_accuracy": rma,
-                                "relevance_rank_accuracy": rra, "blrp_to_ot": cover, "seconds_per_volume": seconds})
+        return _record(run_id, "explanation", architecture, params={"method": method, "filter": filter_name,
+                                                                    "filter_kind": kind, "filter_mode": mode},
+                       metrics={"faithfulness": faith, "evidence_rank_accuracy": era, "relevance_rank_accuracy": rra,
+                                "relevance_mass_accuracy": mass, "retained_relevance": retained,
+                                "seconds_per_volume": seconds})
 
-    runs = StudyRuns("e", "s", explanations=[
-        explanation("a", "lrp_zplus", "raw", 0.8, 0.5, 0.6, 0.7),
-        explanation("b", "lrp_zplus", "pass_0_0.2", 0.9, 0.4, 0.5, 0.2),
-        explanation("c", "gradient", "raw", 0.3, 0.2, 0.6, 0.1, seconds=0.5),
-        explanation("d", "random", "raw", 0.1, 0.1, 0.1, 0.5),
+    runs = StudyRuns("e", "s", architecture_order=["unet3d", "segresnet3d"], explanations=[
+        explanation("x", "lrp_zplus", "raw", 0.1, 0.2, 0.3, architecture="segresnet3d"),
+        explanation("a", "lrp_zplus", "raw", 0.5, 0.6, 0.6),
+        explanation("b", "lrp_zplus", "pass_0.6_1", 0.3, 0.4, 0.3, mass=0.95, retained=0.05),  # keeps the strongest
+        explanation("c", "gradient", "raw", 0.2, 0.3, 0.6, seconds=0.5),
+        explanation("d", "random", "raw", 0.0, 0.05, 0.1),
+        explanation("e", "prediction", "raw", 0.45, 0.3, 0.9),  # the output copied: lesion localisation loves it
     ])
     table = explanation_table(runs)
-    # ranks per key (1 best, ties averaged): a (2,1,1.5,1) → 1.375; b (1,2,3,3) → 2.25; c (3,3,1.5,4) → 2.875;
-    # d (4,4,4,2) → 3.5
-    assert list(table["run_id"]) == ["a", "b", "c", "d"]
-    assert np.allclose(table["rank_score"], [1.375, 2.25, 2.875, 3.5])
-    assert floor_value(table) == 0.1
-    assert list(table["above_floor"]) == [True, True, True, False]
-    assert list(table["kind"]) == ["LRP", "LRP", "baseline", "floor"]
-    assert list(table["mode"]) == ["raw", "layer", "raw", "raw"]
+    # ranks per key (1 best, ties averaged): a (1, 1, 2.5) → 1.5; e (2, 3.5, 1) → 2.17; b (3, 2, 4) → 3;
+    # c (4, 3.5, 2.5) → 3.33; d (5, 5, 5) → 5. The mass accuracy of b (0.95, the highest) does not rank.
+    unet = table[table["architecture"] == "unet3d"]
+    assert list(unet["run_id"]) == ["a", "e", "b", "c", "d"] and list(unet["rank"]) == [1, 2, 3, 4, 5]
+    assert np.allclose(unet["rank_score"], [1.5, 13 / 6, 3.0, 10 / 3, 5.0])
+    assert list(table["architecture"]) == ["unet3d"] * 5 + ["segresnet3d"]  # ranked within each architecture
+    assert table.iloc[-1]["rank"] == 1
+    assert floor_value(table) == 0.0
+    assert list(unet["above_floor"]) == [True, True, True, True, False]
+    assert list(unet["kind"]) == ["LRP", "reference", "LRP", "baseline", "floor"]
+    assert list(unet["mode"]) == ["raw", "raw", "layer", "raw", "raw"]
+    assert explanation_ranks(table) == {"a": {"rank": 1.0, "rank_raw": 1.0}, "e": {"rank": 2.0, "rank_raw": 2.0},
+                                        "b": {"rank": 3.0}, "c": {"rank": 4.0, "rank_raw": 4.0},
+                                        "d": {"rank": 5.0, "rank_raw": 5.0}, "x": {"rank": 1.0, "rank_raw": 1.0}}
+
+
+def test_report_reads_method_runs_with_filter_tables_and_logs_ranks_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    import mlflow
+
+    from benchmark.reporting.leaderboard import collect
+    from tracking import runs as tracking
+    from tracking.records import Store
+
+    tracking.setup("e")
+    with tracking.search_run("s", {}, "default"), tracking.trial_run("s", 0, "unet3d", {}) as trial:
+        tracking.set_state("complete")
+        tracking.log_summary({"best_val_dice": 0.8})
+    with tracking.explain_run(trial.info.run_id, {}, "unet3d"):
+        for method, faith in (("lrp_zplus", 0.4), ("random", 0.0)):
+            with tracking.explanation_run(method, "unet3d", trial.info.run_id, {"filters": 2}):
+                rows = [{"filter": "raw", "filter_kind": "raw", "filter_mode": "layer", "faithfulness": faith,
+                         "relevance_rank_accuracy": faith, "blrp_to_ot": float("nan")},
+                        {"filter": "post_pass_0.2_1", "filter_kind": "pass", "filter_mode": "post",
+                         "faithfulness": faith / 2, "relevance_rank_accuracy": faith / 2, "blrp_to_ot": 0.3}]
+                tracking.log_explanation(rows[0], rows[1]["filter"], rows[1], rows)
+    runs = collect(Store("e"), "s", tmp_path / "work")
+    table = explanation_table(runs)
+    assert len(runs.explanations) == 2 and len(table) == 4 and set(table["architecture"]) == {"unet3d"}
+    assert list(table["method"][:2]) == ["lrp_zplus", "lrp_zplus"] and table.iloc[-1]["method"] == "random"
+    client = mlflow.tracking.MlflowClient()
+    method_runs = {r.data.params["method"]: r for r in client.search_runs(
+        [Store("e").experiment_id], "tags.`strokelens.kind` = 'explanation'")}
+    lrp = method_runs["lrp_zplus"]
+    assert "blrp_to_ot" not in lrp.data.metrics and lrp.data.metrics["best_filter/blrp_to_ot"] == 0.3  # no NaN
+    assert lrp.data.tags["strokelens.study"] == "s" and lrp.data.params["architecture"] == "unet3d"
+    tracking.log_ranks(explanation_ranks(table))
+    ranked = client.get_run(lrp.info.run_id).data.metrics
+    assert ranked["rank"] == 1.0 and ranked["rank_raw"] == 1.0
+    assert client.get_run(method_runs["random"].info.run_id).data.metrics["rank"] == 3.0
 
 
 class _EmptyStore:
@@ -208,7 +260,7 @@ def test_html_escapes_every_name_param_and_message(tmp_path, monkeypatch):
     assert page.count(escaped) >= 3  # the architecture row, the method row, the search's data parameter
     assert "a&amp;b&lt;script&gt;" in page and "a&b<" not in page
     assert re.search(r'<tr class="rule"><td>\d+</td><td class="text">core_rcbf30</td>', page)
-    assert re.search(r'<tr class="floor"><td>\d+</td><td class="text">random</td>', page)
+    assert re.search(r'<tr class="floor"><td>\d+</td><td class="text">[^<]*</td><td class="text">random</td>', page)
     assert "Tjoa et al." in page  # "the study" is named once, in the footer
     markdown = (report.folder / "leaderboard.md").read_text(encoding="utf-8")
     assert f"| {hostile} |" in markdown and f"lrp_{hostile}" in markdown  # Markdown is text: not escaped
@@ -286,9 +338,11 @@ def test_pipeline_writes_every_report_file(pipeline):
                  "architecture_cases.csv", "explanation_cases.csv"):
         assert (folder / name).is_file(), name
     figures = sorted(p.name for p in (folder / "figures").glob("*.png"))
-    assert "dice_by_volume.png" in figures and "filter_sweep_evidence_mass_accuracy.png" in figures
-    assert {f"heatmap_{k}.png" for k in ("evidence_mass_accuracy", "relevance_mass_accuracy",
+    assert "dice_by_volume.png" in figures and "filter_sweep_faithfulness.png" in figures  # a sweep per key metric
+    assert {f"heatmap_{k}.png" for k in ("faithfulness", "evidence_rank_accuracy", "retained_relevance",
+                                         "evidence_mass_accuracy", "relevance_mass_accuracy",
                                          "relevance_rank_accuracy", "blrp_to_ot")} <= set(figures)
+    assert "architectures_methods.png" in figures  # LRP variants across the architectures' best trials
     assert any(f.startswith("overlay_best_") for f in figures)
     assert {"modalities_blrp_to_ot.png", "modalities_evidence_mass_accuracy.png"} <= set(figures)
     assert f"report: reports/{STUDY}/leaderboard.html" in result.stdout
@@ -331,17 +385,25 @@ def test_architecture_leaderboard_has_networks_rules_and_traceable_numbers(pipel
 def test_explanation_leaderboard_ranks_methods_and_filters(pipeline):
     workdir, _ = pipeline
     table = pd.read_csv(workdir / "reports" / STUDY / "explanations.csv")
-    pairs = set(zip(table["method"], table["filter"]))
+    assert set(table["architecture"]) == {"unet3d", "segresnet3d"}  # every architecture's best trial
+    first = table[table["architecture"] == table["architecture"].iloc[0]]
+    pairs = set(zip(first["method"], first["filter"]))
     assert {("lrp_zplus_zbox", "raw"), ("lrp_zplus_zbox", "pass_0_0.2"), ("lrp_zplus_zbox", "post_pass_0.2_1"),
             ("gradient", "raw"), ("gradient", "post_pass_0.2_1"), ("random", "raw")} <= pairs
     assert ("gradient", "pass_0_0.2") not in pairs  # baselines take no layer-wise filter
-    assert list(table["rank"]) == list(range(1, len(table) + 1))
-    assert list(table["rank_score"]) == sorted(table["rank_score"])
+    for _, own in table.groupby("architecture", sort=False):  # ranked within each explained model
+        assert list(own["rank"]) == list(range(1, len(own) + 1))
+        assert list(own["rank_score"]) == sorted(own["rank_score"])
     assert table.loc[table["method"] == "random", "kind"].eq("floor").all()
-    assert "evidence_mass_accuracy_sd" in table.columns
+    assert "faithfulness_sd" in table.columns and table["retained_relevance"].notna().all()
     client, runs = _mlflow(workdir)
     kinds = {r.info.run_id: r.data.tags.get("strokelens.kind") for r in runs}
     assert all(kinds[r] == "explanation" for r in table["run_id"])
+    explained = [r for r in runs if r.data.tags.get("strokelens.kind") == "explanation"]
+    assert len(explained) == table["run_id"].nunique() < len(table)  # one run per architecture × method
+    for run in explained:  # the report's ranks are logged back; the run names its model
+        assert run.data.metrics["rank"] == table[table["run_id"] == run.info.run_id]["rank"].min()
+        assert {"strokelens.architecture", "strokelens.model_run", "strokelens.study"} <= set(run.data.tags)
 
 
 def test_report_run_holds_the_report_in_mlflow(pipeline):

@@ -7,6 +7,7 @@ The run structure is the one :mod:`tracking.runs` writes: runs are found by thei
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from tracking.runs import (
     CASES_TABLE,
     CHECKPOINT_ARTIFACT,
     DEFAULT_EXPERIMENT,
+    FILTER_TABLE,
     RESUME_ARTIFACT,
     SPLIT_ARTIFACT,
     STATE_COMPLETE,
@@ -137,6 +139,25 @@ class Store:
 
         path = self.download(run_id, CASES_TABLE, destination / run_id)
         return pd.read_csv(path) if path is not None and path.is_file() else None
+
+    def filter_table(self, run_id: str, destination: Path):
+        """An explanation run's per-filter table (:data:`tracking.runs.FILTER_TABLE`) as a DataFrame, or None."""
+        import json
+
+        import pandas as pd
+
+        path = self.download(run_id, FILTER_TABLE, destination / run_id)
+        if path is None or not path.is_file():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            table = pd.DataFrame(payload["data"], columns=payload["columns"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        for column in table.columns:
+            with contextlib.suppress(ValueError, TypeError):  # a column of words (filter, kind, mode) stays
+                table[column] = pd.to_numeric(table[column])
+        return table
 
     def has_checkpoint(self, run_id: str) -> bool:
         """Whether a trial run logged best weights."""

@@ -21,12 +21,17 @@ models are :mod:`tracking.model_registry`'s):
   ``strokelens.model_run``, the trial whose hyper-parameters it trained with; state tags as trials).
 * ``export-<run>`` (kind ``export``) holds an ONNX model; ``evaluate-<study>`` (kind
   ``evaluate``) has one nested ``evaluation-<architecture>`` and one ``clinical-rule-<rule>`` run;
-  ``explain-<run>`` (kind ``explain``) has one nested ``<method>-<filter>`` run (kind
-  ``explanation``); ``experiments-<study>`` (kind ``experiments``) has one nested
-  ``experiment-<name>`` run per study experiment (kind ``experiment``); ``report-<study>`` (kind
-  ``report``) holds the leaderboard. Runs of a study
-  carry ``strokelens.study``; evaluations and explanations name their trial in
-  ``strokelens.model_run``. :mod:`tracking.records` reads them back.
+  ``explain-<run>`` (kind ``explain``, one per explained model) has one nested
+  ``<architecture>-<method>`` run (kind ``explanation``) whose metrics are its unfiltered row's
+  and (``best_filter/<metric>``) its best filtered row's, with every filter's means in the
+  :data:`FILTER_TABLE` artifact (an MLflow table); the report logs each method run's ``rank`` and
+  ``rank_raw`` back onto it (:func:`log_ranks`). No explanation metric is logged as NaN (a metric
+  that does not apply is absent). ``experiments-<study>`` (kind ``experiments``) has one nested
+  ``experiment-<name>`` run per study experiment (kind ``experiment``). ``report-<study>`` (kind
+  ``report``) holds the leaderboard.
+  Runs of a study carry ``strokelens.study``; evaluations and explanations name their trial in
+  ``strokelens.model_run`` and its architecture in ``strokelens.architecture``.
+  :mod:`tracking.records` reads them back.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ TAG_ARCHITECTURE = "strokelens.architecture"
 TAG_PROFILE = "strokelens.profile"
 TAG_BEST_RUN = "strokelens.best_trial_run"
 TAG_MODEL_RUN = "strokelens.model_run"
+TAG_METHOD = "strokelens.method"
 TAG_SPLIT = "strokelens.split"
 TAG_FOLD = "strokelens.fold"
 TAG_REPEAT = "strokelens.repeat"
@@ -79,6 +85,8 @@ PREPROCESS_ARTIFACT = "checkpoint/preprocess.json"
 """The preprocessing settings the weights expect."""
 SPLIT_ARTIFACT = "split.json"
 """Where a search run keeps its study's train/validation split."""
+FILTER_TABLE = "filters.json"
+"""An explanation (method) run's per-filter means: an MLflow table (``{"columns": […], "data": […]}``)."""
 
 
 @dataclass
@@ -373,20 +381,74 @@ def fold_run(study: str, architecture: str, trial_run: str, fold: int, repeat: i
 
 
 @contextlib.contextmanager
-def explain_run(model_run: str | None, params: dict) -> Iterator[mlflow.ActiveRun]:
-    """The parent run of one ``explain`` invocation; FAILED if the block raises."""
-    name = f"explain-{model_run[:8]}" if model_run else "explain"
-    tags = {TAG_MODEL_RUN: model_run or "", TAG_STUDY: study_of(model_run)}
+def explain_run(model_run: str | None, params: dict, architecture: str = "") -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one ``explain`` of one model (its trial run and architecture as tags); FAILED if it raises."""
+    name = f"explain-{architecture + '-' if architecture else ''}{model_run[:8] if model_run else 'checkpoint'}"
+    tags = {TAG_MODEL_RUN: model_run or "", TAG_STUDY: study_of(model_run), TAG_ARCHITECTURE: architecture}
     with _stage_run("explain", name, params, tags) as run:
         yield run
 
 
 @contextlib.contextmanager
-def explanation_run(method: str, filter_name: str, params: dict) -> Iterator[mlflow.ActiveRun]:
-    """A nested run for one method × filter, so the MLflow UI compares them."""
-    tags = {"strokelens.method": method, "strokelens.filter": filter_name}
-    with _nested_run("explanation", f"{method}-{filter_name}", params, tags) as run:
+def explanation_run(method: str, architecture: str, model_run: str | None, params: dict
+                    ) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one method of one model (``<architecture>-<method>``), so the MLflow UI compares them.
+
+    Its parameters and tags carry the method, the architecture, the trial run and the study.
+    """
+    study = study_of(model_run)
+    tags = {TAG_METHOD: method, TAG_ARCHITECTURE: architecture, TAG_MODEL_RUN: model_run or "", TAG_STUDY: study}
+    params = {"method": method, "architecture": architecture, "model_run": model_run or "", "study": study, **params}
+    with _nested_run("explanation", f"{architecture or 'model'}-{method}", params, tags) as run:
         yield run
+
+
+def finite(metrics: dict) -> dict[str, float]:
+    """The metrics with a finite value (NaN and ±inf dropped: a metric that does not apply is absent)."""
+    out = {}
+    for key, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[key] = number
+    return out
+
+
+def log_explanation(raw: dict | None, best_filter: str = "", best: dict | None = None,
+                    rows: list[dict] | None = None) -> None:
+    """Log a method run: its unfiltered metrics, its best filter's as ``best_filter/<metric>``, the filter table.
+
+    Args:
+        raw: the unfiltered row's mean metrics (None: the method has no unfiltered row).
+        best_filter: the best-ranked filter of the method (a parameter), empty for none.
+        best: that filter's mean metrics.
+        rows: one dict per filter (``filter`` and the means), logged as :data:`FILTER_TABLE`.
+    """
+    import pandas as pd
+
+    metrics = finite(raw or {})
+    if best_filter and best:
+        mlflow.log_param("best_filter", best_filter)
+        metrics.update({f"best_filter/{k}": v for k, v in finite(best).items()})
+    if metrics:
+        mlflow.log_metrics(metrics)
+    if rows:
+        table = pd.DataFrame(rows)
+        mlflow.log_table(table.astype(object).where(table.notna(), None), artifact_file=FILTER_TABLE)
+
+
+def log_ranks(ranks: dict[str, dict[str, float]]) -> None:
+    """Log ranks (``{run id: {"rank": 1.0, …}}``) onto finished runs, e.g. the report's onto explanation runs."""
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri())
+    now = int(time.time() * 1000)
+    for run_id, values in ranks.items():
+        metrics = [Metric(key, value, now, 0) for key, value in finite(values).items()]
+        if metrics:
+            client.log_batch(run_id, metrics=metrics)
 
 
 def log_artifacts(paths: list[Path], folder: str) -> None:
@@ -466,6 +528,16 @@ def experiment_run(name: str, study: str, model_run: str | None, architecture: s
     tags = {TAG_EXPERIMENT: name, TAG_STUDY: study, TAG_MODEL_RUN: model_run or "", TAG_ARCHITECTURE: architecture}
     with _nested_run("experiment", f"experiment-{name}", params, tags) as run:
         yield run
+
+
+def architecture_of(run_id: str | None) -> str:
+    """The architecture tag of a run (a trial), or ``""``."""
+    if not run_id:
+        return ""
+    try:
+        return MlflowClient(tracking_uri()).get_run(run_id).data.tags.get(TAG_ARCHITECTURE, "")
+    except Exception:
+        return ""
 
 
 def study_of(run_id: str | None) -> str:

@@ -1,7 +1,10 @@
 """The report's figures (PNG, matplotlib and seaborn), each with its caption.
 
 * ``dice_by_volume.png``: Dice of each validation case against its true lesion volume;
-* ``heatmap_<metric>.png``: each key explanation metric over method × filter;
+* ``heatmap_<metric>.png``: each key explanation metric (and the mass accuracies and retained
+  relevance beside them) over method × filter, for the first (best) architecture;
+* ``architectures_methods.png``: the key metrics of the unfiltered methods over method ×
+  architecture (each architecture's best trial), mean ± sd over cases with n;
 * ``filter_sweep_<metric>.png``: the study's view, a metric against the filter interval;
 * ``modalities_<metric>.png``: per-modality bLRPtoOT and evidence mass accuracy of the unfiltered methods;
 * ``overlay_{best,worst}_<method>_<case>.png``: relevance over a slice, copied from the explain run.
@@ -28,7 +31,9 @@ from benchmark.atomic import atomic_file  # noqa: E402
 from benchmark.reporting.leaderboard import (  # noqa: E402
     FLOOR_METHOD,
     StudyRuns,
+    best_explained,
     case_extremes,
+    first_architecture,
     floor_value,
     key_metrics,
     modality_table,
@@ -105,9 +110,14 @@ def explanation_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, stor
     if table.empty:
         return []
     figures = []
+    architecture_figure = _architecture_figure(runs, table, folder)
+    if architecture_figure is not None:
+        figures.append(architecture_figure)
+    table = first_architecture(table)
     methods = list(dict.fromkeys(table["method"]))
     columns = filter_order(table["filter"])
-    for metric in key_metrics(table.columns):
+    shown = [*key_metrics(table.columns), *[k for k in HEATMAP_EXTRA if k in table.columns]]
+    for metric in shown:
         grid = table.pivot_table(index="method", columns="filter", values=metric, aggfunc="first")
         grid = grid.reindex(index=methods, columns=[c for c in columns if c in grid.columns])
         fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * grid.shape[1] + 3), max(3.0, 0.38 * grid.shape[0] + 1.5)))
@@ -116,10 +126,14 @@ def explanation_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, stor
         ax.set_xlabel("filter (raw | layer-wise | post-hoc)")
         ax.set_ylabel("method (ranked)")
         ax.tick_params(labelsize=7)
-        ax.set_title(f"{HEADERS.get(metric, metric)} over method × filter (mean over cases)")
+        ax.set_title(f"{HEADERS.get(metric, metric)} over method × filter, {table['architecture'].iloc[0]} "
+                     "(mean over cases)" if "architecture" in table else
+                     f"{HEADERS.get(metric, metric)} over method × filter (mean over cases)")
+        ranks = "" if metric in key_metrics(table.columns) else " (shown, does not rank)"
         figures.append(Figure(_save(fig, folder / f"heatmap_{metric}.png"),
-                              f"{HEADERS.get(metric, metric)} of every method (rows, ranked) and filter (columns); "
-                              "blank cells: the filter does not apply (baselines take post-hoc filters only)."))
+                              f"{HEADERS.get(metric, metric)}{ranks} of every method (rows, ranked) and filter "
+                              "(columns); blank cells: the filter does not apply (baselines take post-hoc filters "
+                              "only)."))
     for metric in key_metrics(table.columns):
         sweep = _sweep_figure(table, folder, metric)
         if sweep is not None:
@@ -127,6 +141,63 @@ def explanation_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, stor
     figures += _modality_figures(runs, table, folder)
     figures += _overlay_figures(runs, table, folder, store, work)
     return figures
+
+
+HEATMAP_EXTRA = ("retained_relevance", "evidence_mass_accuracy", "relevance_mass_accuracy", "blrp_to_ot")
+"""Metrics shown as method × filter heatmaps beside the key metrics, though they do not rank."""
+
+
+def architecture_grid(runs: StudyRuns, table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                                   pd.DataFrame]:
+    """(mean, sd, n) of a metric over unfiltered method (rows) × architecture (columns), over cases.
+
+    From the per-case table where there is one (sd over cases, n cases), else the means with n = 1 row.
+    """
+    raw = table[table["mode"] == "raw"]
+    methods = list(dict.fromkeys(raw["method"]))
+    architectures = list(dict.fromkeys(raw["architecture"]))
+    per_case = runs.explanation_cases()
+    if per_case is not None and metric in per_case and "filter" in per_case:
+        cases = per_case[(per_case["filter"] == "raw") & per_case["run_id"].isin(set(raw["run_id"]))]
+        cases = cases.merge(raw[["run_id", "architecture"]].drop_duplicates(), on="run_id")
+        grouped = cases.groupby(["method", "architecture"])[metric]
+        mean, sd, n = (grouped.mean().unstack(), grouped.std(ddof=1).unstack(), grouped.count().unstack())
+    else:
+        mean = raw.pivot_table(index="method", columns="architecture", values=metric, aggfunc="first")
+        sd, n = mean * np.nan, mean.notna().astype(float)
+    return tuple(frame.reindex(index=methods, columns=architectures) for frame in (mean, sd, n))
+
+
+def _architecture_figure(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> Figure | None:
+    """The key metrics of the unfiltered methods over method × architecture, mean ± sd (n) in each cell."""
+    import seaborn as sns
+
+    if "architecture" not in table or table["architecture"].nunique() < 1 or (table["mode"] == "raw").sum() == 0:
+        return None
+    keys = key_metrics(table.columns)
+    grids = [(metric, *architecture_grid(runs, table, metric)) for metric in keys]
+    rows, columns = grids[0][1].shape
+    fig, axes = plt.subplots(1, len(grids), figsize=(max(4.0, 1.5 * columns + 2.5) * len(grids),
+                                                     max(3.0, 0.45 * rows + 1.8)), squeeze=False)
+    for ax, (metric, mean, sd, n) in zip(axes[0], grids):
+        labels = mean.copy().astype(object)
+        for i in range(rows):
+            for j in range(columns):
+                m, s, k = mean.iat[i, j], sd.iat[i, j], n.iat[i, j]
+                labels.iat[i, j] = "" if not np.isfinite(m) else (
+                    f"{m:.2f}" + (f"\n±{s:.2f}" if np.isfinite(s) else "") + f"\nn={int(k)}")
+        sns.heatmap(mean.astype(float), annot=labels.to_numpy(), fmt="", annot_kws={"fontsize": 6}, cmap="viridis",
+                    cbar_kws={"label": HEADERS.get(metric, metric)}, linewidths=0.3, ax=ax)
+        ax.set_title(HEADERS.get(metric, metric), fontsize=9)
+        ax.set_xlabel("architecture (its best trial)")
+        ax.set_ylabel("method (unfiltered)")
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Explanation methods across architectures: mean ± sd over the explained cases (n)", fontsize=10)
+    path = _save(fig, folder / "architectures_methods.png", rect=(0, 0, 1, 0.95))
+    return Figure(path, "The ranking's key metrics of each unfiltered method (rows) on the best trial of each "
+                        "architecture (columns): mean over the explained validation cases ± their sd, n cases. "
+                        "Blank: the method was not explained on that architecture (the default explains the "
+                        "champion with every method, the others with three LRP variants and the two references).")
 
 
 def _modality_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path) -> list[Figure]:
@@ -197,17 +268,22 @@ def _sweep_figure(table: pd.DataFrame, folder: Path, metric: str) -> Figure | No
 
 def _overlay_figures(runs: StudyRuns, table: pd.DataFrame, folder: Path, store: Store, work: Path) -> list[Figure]:
     """Relevance over a modality slice with the lesion contour, for the best and worst case of the best method."""
+    top = best_explained(table)
+    if top is None:
+        return []
     raw_runs = {r.params.get("method"): r.run_id for r in runs.explanations if r.params.get("filter") == "raw"}
+    run_id = top["run_id"] if "filter" not in next((r.params for r in runs.explanations
+                                                    if r.run_id == top["run_id"]), {}) else None
     primary = key_metrics(table.columns)[0]
     figures = []
     for label, method, case, value in case_extremes(runs, table):
-        run_id = raw_runs.get(method)
-        source = store.download(run_id, f"relevance/{case}_{method}.png", work) if run_id else None
+        source_run = run_id or raw_runs.get(method)
+        source = store.download(source_run, f"relevance/{case}_{method}.png", work) if source_run else None
         if source is None:
-            runs.missing.append(f"the relevance overlay of {method} on {case} is not in run {run_id}")
+            runs.missing.append(f"the relevance overlay of {method} on {case} is not in run {source_run}")
             continue
         target = folder / f"overlay_{label}_{method}_{case}.png"
         target.write_bytes(source.read_bytes())
         figures.append(Figure(target, f"{label.capitalize()} case of the best-ranked method {method}: {case}, "
-                                      f"{HEADERS.get(primary, primary)} {value:.3f} (MLflow run {run_id})."))
+                                      f"{HEADERS.get(primary, primary)} {value:.3f} (MLflow run {source_run})."))
     return figures

@@ -3,12 +3,35 @@
 Architectures (and the clinical threshold rules beside them) are ranked by validation Dice
 (mean over cases, higher first); ties go to the lower HD95, then to fewer parameters.
 
-Explanations (method × filter) are ranked by their mean rank over the key metrics
-:func:`key_metrics` (evidence mass accuracy when the data has ground-truth evidence, relevance
-mass accuracy, relevance rank accuracy, the study's lesion coverage bLRPtoOT; rank 1 is best, tied
-values share their average rank); ties go to the higher primary metric (the first key), then to
-the faster method. The ``random`` method's unfiltered primary metric is the floor: a row at or
-below it explains no better than chance.
+Explanations (method × filter) are ranked within each explained model (one per architecture,
+its best trial; architectures in the order of their best validation Dice) by their mean rank over
+the key metrics :func:`key_metrics` (rank 1 is best, tied values share their average rank, a row
+without a key metric takes the last rank there); ties go to the higher primary metric (the first
+key), then to the faster method. The keys are chosen so that an explainer cannot win by
+discarding relevance or by restating the prediction:
+
+* ``faithfulness`` (primary): region perturbation AOPC MoRF − LeRF with per-modality regions,
+  on every row at one setting (:mod:`explain.assessment`). A map that keeps one voxel leaves every
+  other region tied, so MoRF and LeRF remove them in the same order and the score is near 0; a map
+  copied to every modality cannot say which modality to remove first.
+* ``evidence_rank_accuracy`` (data with ground-truth evidence only): localisation per modality,
+  ties counted with their expected share, so zeros left by a filter score chance, and relevance
+  copied to every modality scores the share of evidence among the tied modalities.
+* ``relevance_rank_accuracy``: localisation on the lesion with the same fair ties.
+
+Mass accuracies (which rise when a filter discards relevance) are shown beside
+``retained_relevance`` = Σ|R_filtered| / Σ|R_raw|, the share of relevance the filter kept, and do
+not rank. Two reference rows are ranked like any method: the ``random`` floor (its unfiltered
+primary metric is the floor: a row at or below it explains no better than chance) and
+``prediction``, the model's lesion probability copied to every modality, which any lesion
+localisation rewards; a method ranked below it adds nothing to the segmentation it explains. On
+data without evidence maps only ``faithfulness`` and ``relevance_rank_accuracy`` rank, and the
+``prediction`` row may lead: the report says so.
+
+Runs: an explain run (one per explained model) has one nested run per method with every filter's
+means in its ``filters.json`` table (:data:`tracking.runs.FILTER_TABLE`); the report reads those
+tables (and the older layout of one run per method × filter) and logs each row's rank back onto
+its method run (:func:`explanation_ranks`).
 """
 
 from __future__ import annotations
@@ -25,10 +48,14 @@ from tracking import runs as tracking
 from tracking.records import RunRecord, Store, best_trial_per_architecture
 
 ARCHITECTURE_METRICS = ("dice", "hd95", "assd", "lesion_f1", "volume_diff_ml", "dice_noise", "dice_zero_half")
-EXPLANATION_METRICS = ("evidence_mass_accuracy", "relevance_mass_accuracy", "relevance_rank_accuracy", "blrp_to_ot",
-                       "blrp_to_bx", "pointing_game", "modality_attribution_accuracy", "sparseness", "faithfulness",
+EXPLANATION_METRICS = ("faithfulness", "evidence_rank_accuracy", "relevance_rank_accuracy", "retained_relevance",
+                       "evidence_mass_accuracy", "relevance_mass_accuracy", "blrp_to_ot", "blrp_to_bx", "pointing_game",
+                       "modality_attribution_accuracy", "sparseness", "aopc_morf", "aopc_lerf",
                        "randomisation_spearman", "conservation_error", "seconds_per_volume")
+RANKING_METRICS = ("faithfulness", "evidence_rank_accuracy", "relevance_rank_accuracy")
+"""The key metrics, primary first, where present (module docstring)."""
 FLOOR_METHOD = "random"
+REFERENCE_METHOD = "prediction"
 LRP_FILTER_KINDS = ("pass", "clamp")
 
 
@@ -41,8 +68,12 @@ class StudyRuns:
         trials: its trial runs.
         evaluations, clinical_rules: the nested runs of the newest ``evaluate`` run.
         cases: per-case tables of evaluation, clinical-rule and explain runs, by run id.
-        explain: the explain runs whose explanations are shown (newest first, one model).
-        explanations: one run per method × filter (the newest).
+        explain: the explain runs whose explanations are shown (newest first; one model per architecture).
+        explanations: the method runs (or, in the older layout, method × filter runs) shown.
+        explanation_rows: one row per architecture × method × filter (``architecture``, ``method``,
+            ``filter``, ``filter_kind``, ``filter_mode``, the mean metrics and the method run's ``run_id``),
+            or None to derive them from ``explanations`` (:func:`explanation_rows`).
+        architecture_order: architectures, best validation Dice first (the order of the explanation tables).
         missing: plain sentences saying what is missing and why.
     """
 
@@ -55,16 +86,21 @@ class StudyRuns:
     cases: dict[str, pd.DataFrame] = field(default_factory=dict)
     explain: list[RunRecord] = field(default_factory=list)
     explanations: list[RunRecord] = field(default_factory=list)
+    explanation_rows: pd.DataFrame | None = None
+    architecture_order: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         """Nothing to report: no trial with a result and no explanation."""
-        return not any(not math.isnan(t.metric("best_val_dice")) for t in self.trials) and not self.explanations
+        return (not any(not math.isnan(t.metric("best_val_dice")) for t in self.trials) and not self.explanations
+                and (self.explanation_rows is None or self.explanation_rows.empty))
 
     def explanation_cases(self) -> pd.DataFrame | None:
         """Per-case explanation metrics of the shown explanation runs (``run_id`` column), or None."""
         kept = {r.run_id for r in self.explanations}
+        if self.explanation_rows is not None and "run_id" in self.explanation_rows:
+            kept |= set(self.explanation_rows["run_id"])
         tables = [t[t["run_id"].isin(kept)] for r in self.explain if (t := self.cases.get(r.run_id)) is not None]
         return pd.concat(tables, ignore_index=True) if tables else None
 
@@ -103,31 +139,74 @@ def collect(store: Store, study: str, workdir: Path) -> StudyRuns:
 
 
 def _collect_explanations(store: Store, runs: StudyRuns, workdir: Path) -> None:
-    trial_ids = {t.run_id for t in runs.trials}
+    """Per architecture, the newest finished explain run of one of its trials, with its method runs' tables."""
+    by_trial = {t.run_id: t for t in runs.trials}
+    best = best_trial_per_architecture(runs.trials)
+    runs.architecture_order = [a for a, _ in sorted(best.items(), key=lambda item: -item[1].metric("best_val_dice"))]
     parents = [r for r in store.runs("explain")
-               if r.status == "FINISHED" and (r.model_run in trial_ids or r.tags.get(tracking.TAG_STUDY) == runs.study)]
+               if r.status == "FINISHED" and (r.model_run in by_trial or r.tags.get(tracking.TAG_STUDY) == runs.study)]
     if not parents:
         runs.missing.append("no finished explain run for a model of this study: the explanation leaderboard is "
                             "empty; run mlflow run . -e explain")
         return
-    model_run = parents[0].model_run
-    runs.explain = [p for p in parents if p.model_run == model_run]
-    seen: set[tuple[str, str]] = set()
+    chosen: dict[str, str] = {}  # architecture → the model run shown (the newest explain run's)
+    for parent in parents:
+        trial = by_trial.get(parent.model_run)
+        architecture = parent.architecture or (trial.architecture if trial else "") or "model"
+        chosen.setdefault(architecture, parent.model_run)
+        if chosen[architecture] == parent.model_run:
+            runs.explain.append(parent)
+    frames, seen = [], set()
     for parent in runs.explain:
+        trial = by_trial.get(parent.model_run)
+        architecture = parent.architecture or (trial.architecture if trial else "") or "model"
         for child in store.children(parent, "explanation"):
-            key = (child.params.get("method", ""), child.params.get("filter", ""))
-            if key not in seen:
-                seen.add(key)
-                runs.explanations.append(child)
+            rows = _method_rows(store, child, workdir)
+            key = (architecture, child.params.get("method", ""), child.params.get("filter", ""))
+            if rows is None or key in seen:
+                continue
+            seen.add(key)
+            runs.explanations.append(child)
+            frames.append(rows.assign(architecture=architecture, run_id=child.run_id))
         table = store.cases_table(parent.run_id, workdir)
         if table is not None:
             runs.cases[parent.run_id] = table
+    runs.explanation_rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for architecture in dict.fromkeys(a for a, _ in chosen.items()):
+        if architecture not in runs.architecture_order:
+            runs.architecture_order.append(architecture)
     if runs.explanation_cases() is None:
         runs.missing.append("the explain runs logged no per-case table: best and worst cases and sd are not shown "
                             "(explain again with this version)")
-    if not any(k[0] == FLOOR_METHOD for k in seen):
+    methods = set(runs.explanation_rows["method"]) if len(runs.explanation_rows) else set()
+    if FLOOR_METHOD not in methods:
         runs.missing.append(f"the method '{FLOOR_METHOD}' was not explained: there is no random floor; add it to "
                             "--methods")
+
+
+def _method_rows(store: Store, run: RunRecord, workdir: Path) -> pd.DataFrame | None:
+    """One row per filter of a method run (its ``filters.json`` table), or its own metrics (older layout)."""
+    if "filter" in run.params:  # the older layout: one run per method × filter
+        return pd.DataFrame([_legacy_row(run)])
+    table = store.filter_table(run.run_id, workdir) if hasattr(store, "filter_table") else None
+    if table is None or table.empty:
+        return None
+    return table.assign(method=run.params.get("method", ""))
+
+
+def _legacy_row(run: RunRecord) -> dict:
+    return {"method": run.params.get("method", ""), "filter": run.params.get("filter", ""),
+            "filter_kind": run.params.get("filter_kind", "raw" if run.params.get("filter") == "raw" else "pass"),
+            "filter_mode": run.params.get("filter_mode", "layer"), **run.metrics}
+
+
+def explanation_rows(runs: StudyRuns) -> pd.DataFrame:
+    """``runs.explanation_rows``, or one row per run of ``runs.explanations`` (older layout) when it is None."""
+    if runs.explanation_rows is not None:
+        return runs.explanation_rows
+    rows = [{**_legacy_row(r), "architecture": r.architecture or "model", "run_id": r.run_id}
+            for r in runs.explanations]
+    return pd.DataFrame(rows)
 
 
 def _trial_counts(trials: list[RunRecord], architecture: str) -> dict[str, int]:
@@ -221,74 +300,122 @@ def _means(run: RunRecord) -> dict[str, float]:
 
 
 def key_metrics(columns) -> list[str]:
-    """The explanation metrics that rank, primary first (module docstring)."""
-    keys = ["relevance_mass_accuracy", "relevance_rank_accuracy", "blrp_to_ot"]
-    if "evidence_mass_accuracy" in columns:
-        keys.insert(0, "evidence_mass_accuracy")
-    return [k for k in keys if k in columns]
+    """The explanation metrics that rank, primary first (module docstring): those of :data:`RANKING_METRICS` present.
+
+    A table of older runs without any of them ranks by relevance mass accuracy and bLRPtoOT instead.
+    """
+    keys = [k for k in RANKING_METRICS if k in columns]
+    return keys or [k for k in ("evidence_mass_accuracy", "relevance_mass_accuracy", "blrp_to_ot") if k in columns]
 
 
 def filter_mode(params: dict) -> str:
-    """``raw``, ``layer`` or ``post`` for an explanation run's parameters."""
+    """``raw``, ``layer`` or ``post`` for an explanation row's (or older run's) parameters."""
     return "raw" if params.get("filter_kind", "raw") == "raw" else params.get("filter_mode", "layer")
 
 
-def explanation_table(runs: StudyRuns) -> pd.DataFrame:
-    """One row per method × filter, ranked (module docstring).
-
-    Columns: rank, method, filter, mode (raw / layer / post), kind (LRP / baseline / floor),
-    rank_score (mean rank over the key metrics), the means of :data:`EXPLANATION_METRICS`,
-    ``<primary>_sd`` over cases, above_floor and run_id.
-    """
+def method_kind(method: str) -> str:
+    """``floor`` (random), ``reference`` (prediction), ``LRP`` or ``baseline``."""
     from explain.attribution import is_lrp
 
-    rows = []
-    for r in runs.explanations:
-        method = r.params.get("method", "")
-        kind = "floor" if method == FLOOR_METHOD else "LRP" if is_lrp(method) else "baseline"
-        rows.append({"method": method, "filter": r.params.get("filter", ""), "mode": filter_mode(r.params),
-                     "kind": kind, **{k: r.metric(k) for k in EXPLANATION_METRICS}, "run_id": r.run_id})
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
+    if method == FLOOR_METHOD:
+        return "floor"
+    if method == REFERENCE_METHOD:
+        return "reference"
+    return "LRP" if is_lrp(method) else "baseline"
+
+
+def rank_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (rows of one model) with ``rank_score`` and ``rank``, sorted (module docstring)."""
+    keys = key_metrics(table.columns)
+    primary = keys[0]
+    ranks = table[keys].rank(ascending=False, method="average", na_option="bottom")
+    table = table.assign(rank_score=ranks.mean(axis=1))
+    sort_by = ["rank_score", primary] + (["seconds_per_volume"] if "seconds_per_volume" in table else [])
+    table = table.sort_values(sort_by, ascending=[True, False] + [True] * (len(sort_by) - 2),
+                              kind="stable", na_position="last").reset_index(drop=True)
+    return table.assign(rank=np.arange(1, len(table) + 1))
+
+
+def explanation_table(runs: StudyRuns) -> pd.DataFrame:
+    """One row per architecture × method × filter, ranked within each architecture (module docstring).
+
+    Columns: rank (within the architecture), architecture, method, filter, mode (raw / layer / post),
+    kind (LRP / baseline / reference / floor), rank_score (mean rank over the key metrics), the means
+    of :data:`EXPLANATION_METRICS`, ``<primary>_sd`` over cases, above_floor (the primary metric above
+    the architecture's random floor) and run_id (the method run). Architectures follow
+    ``runs.architecture_order``.
+    """
+    rows = explanation_rows(runs)
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(mode=[filter_mode({"filter_kind": k, "filter_mode": m})
+                             for k, m in zip(rows.get("filter_kind", ["raw"] * len(rows)),
+                                             rows.get("filter_mode", ["layer"] * len(rows)))],
+                       kind=[method_kind(m) for m in rows["method"]])
+    metrics = [k for k in EXPLANATION_METRICS if k in rows]
+    table = rows[["architecture", "method", "filter", "mode", "kind", *metrics, "run_id"]].copy()
     table = table.dropna(axis=1, how="all")
     keys = key_metrics(table.columns)
+    if not keys:
+        return pd.DataFrame()
     primary = keys[0]
     per_case = runs.explanation_cases()
     if per_case is not None and primary in per_case:
-        spread = per_case.groupby("run_id")[primary].std(ddof=1)
-        table[f"{primary}_sd"] = table["run_id"].map(spread)
-    ranks = table[keys].rank(ascending=False, method="average")
-    table.insert(4, "rank_score", ranks.mean(axis=1))
-    floor = floor_value(table, primary)
-    table["above_floor"] = table[primary] > floor if math.isfinite(floor) else np.nan
-    sort_by = ["rank_score", primary] + (["seconds_per_volume"] if "seconds_per_volume" in table else [])
-    table = table.sort_values(sort_by, ascending=[True, False] + [True] * (len(sort_by) - 2),
-                              kind="stable").reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table
+        by = ["run_id", "filter"] if "filter" in per_case else ["run_id"]
+        spread = per_case.groupby(by)[primary].std(ddof=1)
+        index = list(zip(table["run_id"], table["filter"])) if len(by) == 2 else list(table["run_id"])
+        table[f"{primary}_sd"] = [spread.get(i, math.nan) for i in index]
+    order = list(dict.fromkeys([*runs.architecture_order, *table["architecture"]]))
+    parts = []
+    for architecture in order:
+        own = table[table["architecture"] == architecture]
+        if own.empty:
+            continue
+        ranked = rank_rows(own)
+        floor = floor_value(ranked, primary)
+        ranked["above_floor"] = ranked[primary] > floor if math.isfinite(floor) else np.nan
+        parts.append(ranked)
+    table = pd.concat(parts, ignore_index=True)
+    leading = ["rank", "architecture", "method", "filter", "mode", "kind", "rank_score"]
+    return table[leading + [c for c in table.columns if c not in leading]]
 
 
 def floor_value(table: pd.DataFrame, metric: str = "") -> float:
-    """The random floor of a metric (default the primary one): the unfiltered random row's value, or NaN."""
+    """The random floor of a metric (default the primary one) for the first architecture in ``table``, or NaN."""
     if table.empty:
         return math.nan
     metric = metric or key_metrics(table.columns)[0]
+    if "architecture" in table:
+        table = table[table["architecture"] == table["architecture"].iloc[0]]
     floor = table[(table["method"] == FLOOR_METHOD) & (table["mode"] == "raw")][metric]
     return float(floor.iloc[0]) if len(floor) else math.nan
+
+
+def first_architecture(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the first (best) architecture of an explanation table."""
+    if table.empty or "architecture" not in table:
+        return table
+    return table[table["architecture"] == table["architecture"].iloc[0]]
+
+
+def best_explained(table: pd.DataFrame) -> pd.Series | None:
+    """The best-ranked row of the first architecture that is neither the floor nor the reference, or None."""
+    candidates = first_architecture(table)
+    candidates = candidates[~candidates["kind"].isin(("floor", "reference"))] if "kind" in candidates else candidates
+    return None if candidates.empty else candidates.iloc[0]
 
 
 def case_extremes(runs: StudyRuns, table: pd.DataFrame) -> list[tuple[str, str, str, float]]:
     """(label, method, case, primary value) for the best and worst case of the best-ranked method's raw run."""
     per_case = runs.explanation_cases()
-    if table.empty or per_case is None:
+    top = best_explained(table)
+    if top is None or per_case is None:
         return []
     primary = key_metrics(table.columns)[0]
-    candidates = table[(table["method"] != FLOOR_METHOD)]
-    if candidates.empty:
-        return []
-    method = candidates.iloc[0]["method"]
-    raw = per_case[(per_case["method"] == method) & (per_case["filter"] == "raw")]
+    method = top["method"]
+    raw = per_case[(per_case["run_id"] == top["run_id"]) & (per_case["filter"] == "raw")]
+    if raw.empty:  # the older layout: another run holds the raw row
+        raw = per_case[(per_case["method"] == method) & (per_case["filter"] == "raw")]
     if raw.empty or primary not in raw:
         return []
     ordered = raw.sort_values(primary, ascending=False, kind="stable")
@@ -299,16 +426,35 @@ def case_extremes(runs: StudyRuns, table: pd.DataFrame) -> list[tuple[str, str, 
     return out
 
 
-def modality_table(runs: StudyRuns, metric: str = "blrp_to_ot") -> pd.DataFrame:
+def modality_table(runs: StudyRuns, metric: str = "blrp_to_ot", architecture: str = "") -> pd.DataFrame:
     """Per method (unfiltered), a per-modality metric (``<metric>_<modality>``): which map's relevance does what.
 
-    Rows are methods in the order of ``runs.explanations``, columns the modalities in logged order.
+    Rows are the methods of ``architecture`` (default the first explained) in logged order, columns
+    the modalities in logged order.
     """
-    rows = {}
-    for r in runs.explanations:
-        if filter_mode(r.params) != "raw":
-            continue
-        values = {k[len(metric) + 1:]: v for k, v in r.metrics.items() if k.startswith(f"{metric}_")}
+    rows = explanation_rows(runs)
+    if rows.empty:
+        return pd.DataFrame()
+    architecture = architecture or next((a for a in runs.architecture_order if a in set(rows["architecture"])),
+                                        rows["architecture"].iloc[0])
+    own = rows[(rows["architecture"] == architecture) & (rows["filter"] == "raw")]
+    out = {}
+    for _, row in own.iterrows():
+        values = {k[len(metric) + 1:]: v for k, v in row.items()
+                  if isinstance(k, str) and k.startswith(f"{metric}_") and isinstance(v, (int, float))
+                  and math.isfinite(v)}
         if values:
-            rows[r.params.get("method", "")] = values
-    return pd.DataFrame.from_dict(rows, orient="index")
+            out[row["method"]] = values
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def explanation_ranks(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per method run of ``table``: ``rank`` (its best row's rank within its architecture) and ``rank_raw``."""
+    ranks: dict[str, dict[str, float]] = {}
+    for run_id, own in table.groupby("run_id", sort=False):
+        out = {"rank": float(own["rank"].min())}
+        raw = own[own["mode"] == "raw"]["rank"]
+        if len(raw):
+            out["rank_raw"] = float(raw.iloc[0])
+        ranks[str(run_id)] = out
+    return ranks

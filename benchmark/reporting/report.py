@@ -41,6 +41,7 @@ from benchmark.reporting.conclusions import conclusions
 from benchmark.reporting.experiments import ExperimentSection, experiment_sections
 from benchmark.reporting.leaderboard import (
     FLOOR_METHOD,
+    REFERENCE_METHOD,
     StudyRuns,
     architecture_table,
     collect,
@@ -55,6 +56,7 @@ from benchmark.reporting.tables import (
     explanation_displays,
     number,
 )
+from explain.assessment import FAITHFULNESS_STEPS
 from tracking.records import Store
 from tracking.runs import tracking_uri
 
@@ -225,16 +227,41 @@ def _rules(explanations: pd.DataFrame) -> list[str]:
     if not explanations.empty:
         keys = key_metrics(explanations.columns)
         floor = floor_value(explanations)
+        evidence = "evidence_rank_accuracy" in keys
         lines += [
-            "**Explanations** (method × filter) are ranked by their mean rank over the key metrics "
-            f"{', '.join(HEADERS.get(k, k) for k in keys)} (rank 1 is best; tied values share their average rank); "
-            f"ties go to the higher {HEADERS.get(keys[0], keys[0])}, then to the faster method. Faithfulness and the "
-            "randomisation test run on unfiltered relevance only, so they are shown but do not rank.",
-            f"The **random floor** is the unfiltered `{FLOOR_METHOD}` method's {HEADERS.get(keys[0], keys[0])} "
-            f"({number(floor)}): relevance drawn at random scores this much by chance. A row marked 'above floor: "
-            "no' explains the lesion no better than chance.",
-            "A pass filter that keeps only the strongest relevance raises mass accuracies by discarding the rest: "
-            "compare filters with the heatmaps, and read the unfiltered (raw) rows for the method itself.",
+            "**Explanations** (method × filter) are ranked within each explained model (each architecture's best "
+            "trial, best architecture first) by their mean rank over the key metrics "
+            f"{', '.join(HEADERS.get(k, k) for k in keys)} (rank 1 is best; tied values share their average rank; a "
+            "row without a key metric takes the last rank there); ties go to the higher "
+            f"{HEADERS.get(keys[0], keys[0])}, then to the faster method. The rule is built so that no explainer "
+            "wins by throwing relevance away or by restating the prediction.",
+            "**Faithfulness** is region perturbation (Samek et al. 2017): regions are removed most relevant first "
+            "(MoRF) and least relevant first (LeRF), the score is AOPC MoRF − AOPC LeRF of the explained lesion "
+            "logits. A region is one modality's 2×8×8-voxel block, so the metric also tests which modality the map "
+            f"says matters; it runs on every row with {FAITHFULNESS_STEPS} steps per curve (fewer than the usual 10, "
+            "so that filtered rows can afford it; every row is measured at the same setting). Regions tied in "
+            "relevance are removed in one fixed random order in both curves: a map that keeps one voxel leaves "
+            "the rest tied and scores about 0.",
+            "**Localisation** ranks by rank accuracies (Arras et al. 2022): of the K largest relevance values, the "
+            "share inside the ground truth (K its size), values tied at the K-th counting with their expected "
+            "share, so the zeros a filter leaves score chance, never a perfect score"
+            + ("; evidence rank accuracy does this per modality against the generator's evidence maps, which a map "
+               "copied to every modality cannot win." if evidence else
+               ". This data has no evidence maps: no key rewards knowing which modality matters, and the "
+               "`prediction` row may lead."),
+            "Mass accuracies and bLRPtoOT rise when a pass filter keeps only the strongest relevance: they are shown "
+            "beside **retained |R|** = Σ|R filtered| / Σ|R unfiltered| (the share of relevance the filter kept; a "
+            "layer-wise filter changes what later layers receive and may exceed 1) and do not rank. The cascading "
+            "randomisation test runs on unfiltered relevance only and does not rank either.",
+            f"Reference rows are ranked like any method. The **random floor** is the unfiltered `{FLOOR_METHOD}` "
+            f"method's {HEADERS.get(keys[0], keys[0])} ({number(floor)}): relevance drawn at random scores this much "
+            f"by chance; 'above floor: no' means no better than chance. `{REFERENCE_METHOD}` is the model's own lesion "
+            "probability copied to every modality: it shows the output and explains nothing, yet any localisation "
+            "on the lesion rewards it. A method ranked below it adds nothing to the segmentation it explains.",
+            "The heatmap over method × architecture compares the unfiltered methods across architectures (mean ± sd "
+            "over the explained cases, n in each cell); ranks are not compared across architectures, since each "
+            "model has its own rows. Each explanation run in MLflow carries its rank (`rank`: its best row, "
+            "`rank_raw`: its unfiltered row) after the report.",
         ]
     lines.append("Every row names the MLflow run its numbers come from (open it with `mlflow ui`).")
     return lines

@@ -26,7 +26,9 @@ HEADERS = {
     "latency_torch_s": "PyTorch latency (s)",
     "latency_onnx_s": "onnxruntime latency (s)", "trials": "trials", "pruned": "pruned", "failed": "failed",
     "source": "numbers from", "run_id": "MLflow run", "method": "method", "filter": "filter", "mode": "filter at",
-    "rank_score": "mean rank", "evidence_mass_accuracy": "evidence mass acc.",
+    "rank_score": "mean rank", "architecture": "architecture", "evidence_rank_accuracy": "evidence rank acc.",
+    "retained_relevance": "retained |R|", "aopc_morf": "AOPC MoRF", "aopc_lerf": "AOPC LeRF",
+    "evidence_mass_accuracy": "evidence mass acc.",
     "relevance_mass_accuracy": "relevance mass acc.", "relevance_rank_accuracy": "relevance rank acc.",
     "blrp_to_ot": "bLRPtoOT", "blrp_to_bx": "bLRPtobx", "pointing_game": "pointing game",
     "modality_attribution_accuracy": "modality attribution acc.", "sparseness": "sparseness (Gini)",
@@ -35,7 +37,7 @@ HEADERS = {
 }
 """The heading of each column (and the axis or colour-bar label of each metric in the figures)."""
 
-TEXT_COLUMNS = frozenset({"name", "kind", "method", "filter", "mode", "source", "run_id"})
+TEXT_COLUMNS = frozenset({"name", "kind", "method", "filter", "mode", "source", "run_id", "architecture"})
 """Columns of words, left-aligned; the others hold numbers, right-aligned."""
 
 
@@ -118,13 +120,13 @@ def _versus_best(p: float, tied: float) -> str:
 
 
 def _explanation_strings(table: pd.DataFrame) -> pd.DataFrame:
-    leading = ("rank", "method", "filter", "mode", "kind", "rank_score")
+    leading = ("rank", "architecture", "method", "filter", "mode", "kind", "rank_score")
     metrics = [c for c in HEADERS if c in table.columns and c not in (*leading, "run_id")]
     shown = [c for c in leading if c in table.columns] + metrics + ["run_id"]
     out = table[shown].copy()
     primary = key_metrics(table.columns)[0]
     for column in out.columns:
-        if column in ("rank", "method", "filter", "mode", "kind", "run_id"):
+        if column in ("rank", "architecture", "method", "filter", "mode", "kind", "run_id"):
             continue
         if column == primary and f"{primary}_sd" in table:
             out[column] = _mean_sd(table[primary], table[f"{primary}_sd"])
@@ -136,11 +138,21 @@ def _explanation_strings(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def explanation_displays(table: pd.DataFrame) -> list[DisplayTable]:
-    """The methods without a filter (ranked among all rows), then every method × filter; floor rows: ``floor``."""
-    raw = table[table["mode"] == "raw"].reset_index(drop=True)
+    """The first (best) architecture's unfiltered methods and every method × filter, then the other architectures.
+
+    Floor and reference rows have class ``floor``.
+    """
+    first = table["architecture"].iloc[0] if "architecture" in table else ""
+    own = table[table["architecture"] == first] if first else table
+    rest = table[table["architecture"] != first] if first else table[:0]
+    raw = own[own["mode"] == "raw"].reset_index(drop=True)
+    where = f"{first}: " if first else ""
     sections = []
-    if len(raw) and len(raw) < len(table):
-        sections.append(("Methods, unfiltered (rank among all method × filter rows)", raw))
-    sections.append((f"Every method × filter ({len(table)} rows)", table))
-    return [_display(title, _explanation_strings(part), ["floor" if k == "floor" else "" for k in part["kind"]])
+    if len(raw) and len(raw) < len(own):
+        sections.append((f"{where}methods, unfiltered (rank among all its method × filter rows)", raw))
+    sections.append((f"{where}every method × filter ({len(own)} rows)", own))
+    if len(rest):
+        sections.append((f"The other architectures' best trials, ranked within each ({len(rest)} rows)", rest))
+    return [_display(title, _explanation_strings(part), ["floor" if k in ("floor", "reference") else ""
+                                                         for k in part["kind"]])
             for title, part in sections]

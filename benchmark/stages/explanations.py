@@ -1,10 +1,19 @@
-"""The explanation stage: explain a trained model by several methods and filters, tracked in MLflow.
+"""The explanation stage: explain trained models by several methods and filters, tracked in MLflow.
 
-One nested MLflow run per method × filter carries its parameters and the metrics averaged over
-cases; per case and method (unfiltered relevance) a relevance NIfTI on the native grid with the
-case's affine (one volume per modality) and a PNG of relevance over a modality slice with the
-lesion contour are logged as artifacts. The parent run keeps ``explanations.csv`` (the means) and
-``cases.csv`` (every case's metrics per method × filter, with the nested run's id).
+Runs: one ``explain`` run per explained model (tags: its trial run, architecture and study) with
+one nested run per method (``<architecture>-<method>``; method, architecture, trial run and study
+as parameters and tags). A method run's metrics are its unfiltered row's means over cases and,
+as ``best_filter/<metric>``, those of its best filtered row (the leaderboard's rule among the
+method's filters, :func:`benchmark.reporting.leaderboard.rank_rows`; its name is the ``best_filter``
+parameter); every filter's means are its ``filters.json`` MLflow table. No NaN is logged. Per
+case and method (unfiltered relevance) a relevance NIfTI on the native grid with the case's affine
+(one volume per modality) and a PNG of relevance over a modality slice with the lesion contour are
+artifacts of the method run. The parent keeps ``explanations.csv`` (the means, one row per method
+× filter) and ``cases.csv`` (every case's metrics per method × filter, with the method run's id).
+So a sweep of M methods × F filters adds M + 1 runs, not M × F.
+
+:func:`explain_architectures` explains the best trial of each chosen architecture of a study
+(:func:`tracking.records.best_trial_per_architecture`), one ``explain`` run each.
 
 The cases are the validation side of the split of the search that trained the model (read back,
 never made again; changed data is refused), or case ids given by the caller.
@@ -39,6 +48,7 @@ from benchmark.data.splits import Split
 from benchmark.errors import ParameterError
 from benchmark.figures import lesion_slice, relevance_png
 from benchmark.paths import check_writable
+from benchmark.reporting.leaderboard import key_metrics, rank_rows
 from benchmark.stages.data import model_split
 from benchmark.training.loop import load_model
 from benchmark.training.studies import worker_alive, worker_identity
@@ -48,11 +58,14 @@ from explain.attribution import unsupported
 from explain.filters import RelevanceFilter, parse_filters
 from tracking import model_registry, recovery
 from tracking import runs as tracking
+from tracking.records import Store, best_trial_per_architecture
 
 DEFAULT_OUT = Path("explanations")
 """Where finished method × case jobs are kept between runs (see the module docstring)."""
 HEAVY_CHOICES = ("raw", "all", "none")
-"""Where faithfulness and randomisation (many forward passes) run: raw relevance only, every filter, nowhere."""
+"""Where the randomisation test (three more explanations per row) runs: raw relevance only, every filter, nowhere.
+
+Faithfulness (region perturbation) runs on every row whatever ``heavy`` says: it ranks."""
 
 
 @dataclass
@@ -62,10 +75,11 @@ class ExplanationResult:
     Attributes:
         run_id: the parent ``explain`` run.
         model_run: the trial run explained (None for a checkpoint file).
+        architecture: the explained model's architecture.
         cases: the case ids explained.
         methods: the methods.
         filters: the filter names.
-        table: one row per method × filter: its nested ``run_id``, ``method``, ``filter`` and mean metrics.
+        table: one row per method × filter: its method run's ``run_id``, ``method``, ``filter`` and mean metrics.
         split_digest: the digest of the model's split ("" when the model has none).
         folder: where the method × case jobs are kept.
         computed: method × case jobs computed by this call.
@@ -77,6 +91,7 @@ class ExplanationResult:
 
     run_id: str
     model_run: str | None
+    architecture: str
     cases: list[str]
     methods: list[str]
     filters: list[str]
@@ -95,8 +110,10 @@ class ExplanationResult:
 
     def lines(self) -> list[str]:
         """The summary lines the command line prints."""
-        lines = [f"explained {len(self.cases)} cases with {len(self.methods)} methods and {len(self.filters)} "
-                 f"filters: {len(self.table)} runs under MLflow run {self.run_id}"]
+        runs = len({row["run_id"] for row in self.table})
+        lines = [f"explained {self.architecture or 'the model'} ({self.model_run or 'checkpoint'}) on "
+                 f"{len(self.cases)} cases with {len(self.methods)} methods and {len(self.filters)} filters: "
+                 f"{len(self.table)} method × filter rows in {runs} method runs under MLflow run {self.run_id}"]
         if self.folder is not None:
             line = f"computed {self.computed} method × case jobs, reused {self.reused} from {self.folder}"
             if self.reused:
@@ -107,7 +124,8 @@ class ExplanationResult:
         best = self.best_unfiltered()
         if best is not None:
             lines.append(f"best evidence mass accuracy without a filter: {best['evidence_mass_accuracy']:.3f} "
-                         f"({best['method']}; the report ranks every method × filter)")
+                         f"({best['method']}; the report ranks every method × filter by faithfulness and "
+                         "rank accuracies)")
         lines += [f"skipped {method}: {why}" for method, why in self.skipped.items()]
         return lines
 
@@ -195,7 +213,9 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         name = next(iter(skipped))
         raise ParameterError(f"method '{name}' cannot explain this model: {skipped[name]}")
     names = [name for name in names if name not in skipped]
+    architecture = tracking.architecture_of(model_run) or getattr(network, "build_config", {}).get("name", "")
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
+              "architecture": architecture, "study": tracking.study_of(model_run),
               "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
               "split": split.digest if split is not None else "", "skipped_methods": ",".join(skipped)}
     settings = {"checkpoint_sha1": _sha1(checkpoint), "model_run": model_run or "", "preprocess": config.to_dict(),
@@ -205,7 +225,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
     work = Path(out) / f"{model_run[:8] if model_run else 'checkpoint'}-{digest}"
     work.mkdir(parents=True, exist_ok=True)
     _write_json(work / "settings.json", settings)
-    result = ExplanationResult("", model_run, [r.case_id for r in refs], names, [f.name for f in relevance_filters],
+    result = ExplanationResult("", model_run, architecture, [r.case_id for r in refs], names,
+                               [f.name for f in relevance_filters],
                                split_digest=params["split"], folder=work, removed_temporary=remove_temporary(work),
                                skipped=skipped)
     recovery.fail_stale_runs(experiment, None, lambda worker: worker_alive(worker) is False, kind="explain")
@@ -223,28 +244,32 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         else:
             result.reused += 1
         records.append(record)
-    with tempfile.TemporaryDirectory() as tmp, tracking.explain_run(model_run, params) as parent:
+    with tempfile.TemporaryDirectory() as tmp, tracking.explain_run(model_run, params, architecture) as parent:
         recovery.tag_worker(worker_identity())
         result.run_id = parent.info.run_id
         per_case = []
         for method in names:
+            done = [r for r in records if r["method"] == method]
+            rows = []
             for f in relevance_filters:
-                done = [r for r in records if r["method"] == method and f.name in r["filters"]]
-                if not done:  # a baseline takes raw and post-hoc filters only
-                    continue
-                run_params = {"method": method, "filter": f.name, "filter_kind": f.kind, "filter_mode": f.mode,
-                              "filter_low": f.low, "filter_high": f.high, "cases": len(done),
-                              "model_run": model_run or ""}
-                with tracking.explanation_run(method, f.name, run_params) as child:
-                    metrics = [r["filters"][f.name] for r in done]
-                    keys = sorted(set().union(*metrics))
-                    means = {k: float(np.nanmean([m.get(k, np.nan) for m in metrics])) for k in keys}
-                    tracking.log_summary(means)
-                    if f.kind == "raw":
-                        tracking.log_artifacts([work / name for r in done for name in r["files"]], "relevance")
-                    result.table.append({"run_id": child.info.run_id, "method": method, "filter": f.name, **means})
-                    per_case += [{"run_id": child.info.run_id, "method": method, "filter": f.name,
-                                  "case": r["case"], **r["filters"][f.name]} for r in done]
+                metrics = [r["filters"][f.name] for r in done if f.name in r["filters"]]
+                if metrics:  # a baseline takes raw and post-hoc filters only
+                    rows.append({"filter": f.name, "filter_kind": f.kind, "filter_mode": f.mode, "filter_low": f.low,
+                                 "filter_high": f.high, "cases": len(metrics), **_means(metrics)})
+            if not rows:
+                continue
+            run_params = {"filters": len(rows), "cases": len(done)}
+            with tracking.explanation_run(method, architecture, model_run, run_params) as child:
+                raw = next((row for row in rows if row["filter_kind"] == "raw"), None)
+                best = _best_filtered(rows)
+                tracking.log_explanation(_metrics_of(raw) if raw else None, best["filter"] if best else "",
+                                         _metrics_of(best) if best else None, rows)
+                if raw is not None:
+                    tracking.log_artifacts([work / name for r in done for name in r["files"]], "relevance")
+                run_id = child.info.run_id
+            result.table += [{"run_id": run_id, "method": method, **row} for row in rows]
+            per_case += [{"run_id": run_id, "method": method, "filter": name, "case": r["case"], **values}
+                         for r in done for name, values in r["filters"].items()]
         import pandas as pd
 
         summary = Path(tmp) / "explanations.csv"
@@ -252,6 +277,76 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         tracking.log_artifacts([summary], "")
         tracking.log_cases(per_case)
     return result
+
+
+FILTER_COLUMNS = ("filter", "filter_kind", "filter_mode", "filter_low", "filter_high", "cases")
+"""The columns of a filter row that describe the filter, not a metric."""
+
+
+def _means(metrics: list[dict]) -> dict[str, float]:
+    """Per metric, the mean over the cases where it is finite; a metric finite nowhere is left out."""
+    keys = sorted(set().union(*metrics))
+    out = {}
+    for key in keys:
+        values = [float(m[key]) for m in metrics if key in m and np.isfinite(m[key])]
+        if values:
+            out[key] = float(np.mean(values))
+    return out
+
+
+def _metrics_of(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k not in FILTER_COLUMNS}
+
+
+def _best_filtered(rows: list[dict]) -> dict | None:
+    """The filtered row the leaderboard's rule ranks first among one method's filters, or None."""
+    import pandas as pd
+
+    filtered = [row for row in rows if row["filter_kind"] != "raw"]
+    if not filtered or not key_metrics(set().union(*filtered)):
+        return None
+    ranked = rank_rows(pd.DataFrame(filtered))
+    return next(row for row in filtered if row["filter"] == ranked.iloc[0]["filter"])
+
+
+def best_models(study: str = "", experiment: str = "", architectures: Sequence[str] = ("all",)) -> dict[str, str]:
+    """Per chosen architecture, the run id of its best trial in the study (complete trials first).
+
+    Args:
+        study: the study (empty: the one of the newest search in the experiment).
+        experiment: the MLflow experiment (empty: the project run's, else ``strokelens``).
+        architectures: architecture names, or ``["all"]`` for every architecture with a trial that
+            reported a validation Dice.
+
+    Raises:
+        ParameterError: no search in the experiment, or an architecture without such a trial in the study.
+    """
+    tracking.setup(experiment)
+    experiment = experiment or tracking.default_experiment()
+    store = Store(experiment)
+    if not study:
+        studies = store.studies()
+        if not studies:
+            raise ParameterError(f"experiment '{experiment}' has no search: train first (mlflow run . -e train) "
+                                 "or pass --experiment")
+        study = studies[0]
+    best = best_trial_per_architecture(store.runs("trial", study))
+    chosen = list(best) if not architectures or list(architectures) == ["all"] else list(architectures)
+    unknown = [a for a in chosen if a not in best]
+    if unknown or not chosen:
+        raise ParameterError(f"architecture '{unknown[0] if unknown else 'all'}' has no trial with a validation "
+                             f"Dice in study '{study}': choose from {', '.join(best) or 'none (train first)'}")
+    return {a: best[a].run_id for a in chosen}
+
+
+def explain_architectures(study: str = "", experiment: str = "", architectures: Sequence[str] = ("all",),
+                          **settings) -> list[ExplanationResult]:
+    """Explain the best trial of each chosen architecture of a study (:func:`best_models`), one ``explain`` run each.
+
+    ``settings`` are :func:`explain_model`'s (data, methods, filters, cases, heavy, seed, split, out, overwrite).
+    """
+    chosen = best_models(study, experiment, architectures)
+    return [explain_model(run_id, experiment=experiment, **settings) for run_id in chosen.values()]
 
 
 def _sha1(path: Path) -> str:
