@@ -310,7 +310,7 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
 
 
 def bench_lrp_onnx(model, grids_xyz, repeats: int, methods=("lrp_epsilon", "lrp_zplus")) -> list[dict]:
-    """onnxruntime LRP (:func:`explain.onnx_export.export_lrp_onnx`) against PyTorch LRP, batch 1, per grid."""
+    """LRP in onnxruntime (:func:`explain.onnx_export.export_lrp_onnx`) against PyTorch LRP, batch 1, per grid."""
     import tempfile
 
     import onnxruntime as ort
@@ -328,8 +328,9 @@ def bench_lrp_onnx(model, grids_xyz, repeats: int, methods=("lrp_epsilon", "lrp_
             session = ort.InferenceSession(str(report.onnx_path), options, providers=["CPUExecutionProvider"])
             for grid in grids_xyz:
                 x = torch.rand(1, 6, grid[2], grid[1], grid[0])
-                eager = median_seconds(lambda x=x: explain.attribute(model, x, method), repeats)
-                latency = median_seconds(lambda x=x.numpy(): session.run(["relevance"], {"image": x}), repeats)
+                image = x.numpy()
+                eager = median_seconds(lambda x=x, m=method: explain.attribute(model, x, m), repeats)
+                latency = median_seconds(lambda x=image, s=session: s.run(["relevance"], {"image": x}), repeats)
                 rows.append({"method": method, "grid_xyz": list(grid), "pytorch_lrp_s": eager,
                              "onnxruntime_lrp_s": latency, "latency_ratio_to_pytorch": latency / eager,
                              "relative_l1": report.relative_l1})
