@@ -27,7 +27,9 @@ onnxruntime on every available provider (TensorRT, CUDA, CPU; the provider actua
 named) for ``unet3d`` at width 0.25, at the training grid 48×48×19 and a native 192×192×19 grid,
 plus static int8 (QDQ) on the CPU with its voxel agreement with fp32 (the Dice change on real
 validation cases is what ``mlproject.export --int8-data`` reports). Target on CPU: onnxruntime
-≤ 0.6× PyTorch's latency.
+≤ 0.6× PyTorch's latency. ``lrp`` in its JSON: onnxruntime (CPU) latency of the exported relevance
+graphs of ``lrp_epsilon`` and ``lrp_zplus`` (:mod:`explain.onnx_export`) against ``explain.attribute``
+on the same grids, and the export's relative L1 difference.
 ``search``: trials per minute, storage overhead per trial and duplicate parameters of one small study
 with 1, 2 and 4 workers on SQLite, a journal file and PostgreSQL (:mod:`benchmark.training.scaling`).
 ``serve``: the served model (``python -m mlproject.serve`` on 127.0.0.1, a local pyfunc of ``unet3d``
@@ -317,6 +319,7 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
     cpu = rows[0].get("CPUExecutionProvider", {})
     return {"benchmark": "onnx", "architecture": "unet3d", "width": width, "repeats": repeats,
             "max_abs_diff": report.max_abs_diff, "providers": list(sessions), "results": rows,
+            "lrp": bench_lrp_onnx(model, grids_xyz, repeats),
             "target_cpu_latency_ratio": 0.6,
             "meets_target": cpu.get("latency_ratio_to_pytorch", float("inf")) <= 0.6}
 
@@ -533,6 +536,34 @@ def bench_serve(width: float = 0.25, repeats: int = 15, burst: int = 200, concur
             "training_grid_xyz": list(config.grid), "results": rows, **out,
             "target_served_over_bare": 2.0, "meets_target": compact["served_over_bare_p50"] <= 2.0,
             "meets_target_against_the_native_grid_run": compact["served_over_bare_native_grid_p50"] <= 2.0}
+
+
+def bench_lrp_onnx(model, grids_xyz, repeats: int, methods=("lrp_epsilon", "lrp_zplus")) -> list[dict]:
+    """LRP in onnxruntime (:func:`explain.onnx_export.export_lrp_onnx`) against PyTorch LRP, batch 1, per grid."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    import explain
+    from explain.onnx_export import export_lrp_onnx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            report = export_lrp_onnx(model, method, Path(tmp) / f"{method}.onnx", torch.rand(1, 6, 19, 48, 48))
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = os.cpu_count() or 1
+            session = ort.InferenceSession(str(report.onnx_path), options, providers=["CPUExecutionProvider"])
+            for grid in grids_xyz:
+                x = torch.rand(1, 6, grid[2], grid[1], grid[0])
+                image = x.numpy()
+                eager = median_seconds(lambda x=x, m=method: explain.attribute(model, x, m), repeats)
+                latency = median_seconds(lambda x=image, s=session: s.run(["relevance"], {"image": x}), repeats)
+                rows.append({"method": method, "grid_xyz": list(grid), "pytorch_lrp_s": eager,
+                             "onnxruntime_lrp_s": latency, "latency_ratio_to_pytorch": latency / eager,
+                             "relative_l1": report.relative_l1})
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
