@@ -152,7 +152,7 @@ def setup(experiment: str = "") -> str:
             client = MlflowClient(uri)
             experiment = experiment or default_experiment()
             found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            experiment_id = found.experiment_id if found else _create_experiment(client, experiment)
             describe_experiment(client, experiment_id, found.tags if found else {})
     except TrackingError:
         raise
@@ -163,6 +163,21 @@ def setup(experiment: str = "") -> str:
     mlflow.set_experiment(experiment_id=experiment_id)
     _SESSION.experiment_id = experiment_id
     return experiment_id
+
+
+def _create_experiment(client: MlflowClient, name: str) -> str:
+    """Create experiment ``name``, or take the one another worker created a moment before.
+
+    Two workers starting together on a tracking server both find no experiment; the store refuses the
+    second row with the same name, and the second worker reads the first one's.
+    """
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
