@@ -143,7 +143,7 @@ def setup(experiment: str = "") -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint read is noise
-    for name in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter, not the user's business
+    for name in ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics"):  # chatter, not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
     check_reachable(uri)
     try:
