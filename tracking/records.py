@@ -124,14 +124,7 @@ class Store:
 
     def download(self, run_id: str, path: str, destination: Path) -> Path | None:
         """An artifact of a run copied under ``destination``, or None when it is missing."""
-        import mlflow.artifacts
-
-        destination.mkdir(parents=True, exist_ok=True)
-        try:
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                            dst_path=str(destination), tracking_uri=tracking_uri()))
-        except Exception:
-            return None
+        return download_artifact(run_id, path, destination)
 
     def cases_table(self, run_id: str, destination: Path):
         """The run's per-case table (:data:`tracking.runs.CASES_TABLE`) as a DataFrame, or None."""
@@ -178,17 +171,24 @@ def best_trial_per_architecture(trials: list[RunRecord]) -> dict[str, RunRecord]
     return dict(sorted(best.items()))
 
 
-def download_resume_point(run_id: str, destination: Path) -> Path | None:
-    """A trial run's resume point (:data:`~tracking.runs.RESUME_ARTIFACT`) copied under ``destination``, or None."""
+def download_artifact(run_id: str, path: str, destination: Path) -> Path | None:
+    """An artifact of a run copied under ``destination``, or None when the run or the artifact is missing."""
     import mlflow.artifacts
 
-    if not run_id:
-        return None
+    destination.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RESUME_ARTIFACT,
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
                                                         dst_path=str(destination), tracking_uri=tracking_uri()))
-    except Exception:  # no such run or artifact (a trial killed before its first epoch): start afresh
+    except Exception:
         return None
+
+
+def download_resume_point(run_id: str, destination: Path) -> Path | None:
+    """A trial run's resume point (:data:`~tracking.runs.RESUME_ARTIFACT`) copied under ``destination``, or None.
+
+    None when there is no run id, or the trial was killed before its first epoch (it starts afresh).
+    """
+    return download_artifact(run_id, RESUME_ARTIFACT, destination) if run_id else None
 
 
 def download_split(run_id: str, destination: Path) -> Path | None:
