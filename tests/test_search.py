@@ -9,6 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+import benchmark.training.loop as loop
 import benchmark.training.search as search
 from benchmark.errors import DataError, ParameterError
 from benchmark.training.profiles import PROFILES, Profile
@@ -210,6 +211,13 @@ def test_a_trial_resumes_on_another_host_from_its_mlflow_checkpoint(isles_dir, w
     (dead,) = [r for r in runs if r.data.tags.get("strokelens.kind") == "trial"]
     assert "checkpoint/last.pt" in {a.path for a in client.list_artifacts(dead.info.run_id, "checkpoint")}
     monkeypatch.setattr(search, "fit", real_fit)
+    real_validate = loop.validate
+
+    def worse(*args, **kwargs):  # epoch 1 never beats epoch 0: the best weights must come from the dead run
+        means, rest = real_validate(*args, **kwargs)
+        return {**means, "val_dice": -1.0}, rest
+
+    monkeypatch.setattr(loop, "validate", worse)
     other_host = workdir / "elsewhere"  # a fresh checkpoint cache: only MLflow holds the resume point
     run_search(_settings(isles_dir, workdir, trials=1, checkpoints=other_host))
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir}/optuna.db")
@@ -218,6 +226,9 @@ def test_a_trial_resumes_on_another_host_from_its_mlflow_checkpoint(isles_dir, w
     run = next(r for r in _runs(workdir)[1] if r.data.tags.get("strokelens.trial") == str(retry.number))
     assert run.data.params["resumed_from"].startswith(str(other_host))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1]  # epoch 0 not redone
+    assert "checkpoint/best.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    best = search.checkpoint_of(retry, other_host / "s").parent / "best.pt"
+    assert loop.load_checkpoint(best)["epoch"] == 0
 
 
 def test_trial_runs_record_system_metrics_and_the_code_version(isles_dir, workdir, monkeypatch):

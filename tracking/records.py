@@ -186,9 +186,17 @@ def download_artifact(run_id: str, path: str, destination: Path) -> Path | None:
 def download_resume_point(run_id: str, destination: Path) -> Path | None:
     """A trial run's resume point (:data:`~tracking.runs.RESUME_ARTIFACT`) copied under ``destination``, or None.
 
-    None when there is no run id, or the trial was killed before its first epoch (it starts afresh).
+    The best weights it had logged (:data:`~tracking.runs.CHECKPOINT_ARTIFACT`) are copied beside it when
+    present. None when there is no run id, or the trial was killed before its first epoch (it starts afresh).
     """
-    return download_artifact(run_id, RESUME_ARTIFACT, destination) if run_id else None
+    if not run_id:
+        return None
+    last = download_artifact(run_id, RESUME_ARTIFACT, destination)
+    if last is not None:
+        best = download_artifact(run_id, CHECKPOINT_ARTIFACT, destination)
+        if best is not None and best.parent != last.parent:
+            best.replace(last.parent / best.name)
+    return last
 
 
 def download_split(run_id: str, destination: Path) -> Path | None:

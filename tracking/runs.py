@@ -309,9 +309,15 @@ def log_checkpoint(checkpoint: Path, preprocess: dict) -> None:
     mlflow.log_dict(preprocess, PREPROCESS_ARTIFACT)
 
 
-def log_resume_point(last: Path) -> None:
-    """Log (replace) the run's resume point, so a worker on any host can continue the trial."""
+def log_resume_point(last: Path, best: Path | None = None) -> None:
+    """Log (replace) the run's resume point, so a worker on any host can continue the trial.
+
+    ``best`` (the best weights so far, when they changed since the last upload) travels with it: a trial
+    resumed elsewhere keeps the best epoch it had reached, not only the last one.
+    """
     mlflow.log_artifact(str(last), artifact_path=Path(RESUME_ARTIFACT).parent.as_posix())
+    if best is not None and best.is_file():
+        mlflow.log_artifact(str(best), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.as_posix())
 
 
 def log_figures(paths: list[Path], folder: str = "figures") -> None:

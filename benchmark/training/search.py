@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -251,6 +252,10 @@ class Objective:
         trial.set_user_attr("checkpoint", f"{folder.name}/last.pt")  # relative to the study's checkpoint root
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         folder.mkdir(parents=True, exist_ok=True)
+        if resume is not None:  # the best epoch so far stays the trial's best unless a later epoch beats it
+            inherited = Path(resume).parent / "best.pt"
+            if inherited.is_file() and not (folder / "best.pt").is_file():
+                shutil.copyfile(inherited, folder / "best.pt")
         (folder / "preprocess.json").write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
         params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
                   "augmentation": self.s.profile.augmentation,
@@ -272,14 +277,16 @@ class Objective:
             tracking.log_summary({"param_count": parameter_count(model)})
 
             rows: list[dict] = []
-            uploaded = [-math.inf]
+            uploaded = {"at": -math.inf, "best": None}
 
             def on_epoch(epoch: int, row: dict) -> None:
                 rows.append(row)
                 tracking.log_epoch(row)
-                if time.monotonic() - uploaded[0] >= RESUME_UPLOAD_S or epoch + 1 == config.epochs:
-                    tracking.log_resume_point(folder / "last.pt")
-                    uploaded[0] = time.monotonic()
+                if time.monotonic() - uploaded["at"] >= RESUME_UPLOAD_S or epoch + 1 == config.epochs:
+                    best = folder / "best.pt"
+                    stamp = best.stat().st_mtime_ns if best.is_file() else None
+                    tracking.log_resume_point(folder / "last.pt", best if stamp != uploaded["best"] else None)
+                    uploaded.update(at=time.monotonic(), best=stamp)
                 trial.report(row["val_dice"], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
