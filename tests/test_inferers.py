@@ -23,8 +23,10 @@ def test_the_gaussian_peaks_at_the_centre_is_symmetric_and_has_no_zeros():
     g = gaussian_importance((8, 16, 15))
     assert g.max() == pytest.approx(1.0) and g.min() > 0
     np.testing.assert_allclose(g, g[::-1, ::-1, ::-1], atol=1e-7)
-    # voxel (4, 8, 7) lies 0.5, 0.5 and 0 voxels from the centre (3.5, 7.5, 7); σ = (1, 2, 1.875)
-    assert g[4, 8, 7] == pytest.approx(np.exp(-0.5 ** 2 / (2 * 1.0 ** 2) - 0.5 ** 2 / (2 * 2.0 ** 2)), rel=1e-6)
+    # the centre is (3.5, 7.5, 7), σ = (1, 2, 1.875) voxels; (4, 8, 7) is a nearest voxel, so weight 1
+    assert g[4, 8, 7] == pytest.approx(1.0)
+    assert g[5, 8, 7] == pytest.approx(np.exp(-(1.5 ** 2 - 0.5 ** 2) / (2 * 1.0 ** 2)), rel=1e-5)
+    assert g[4, 8, 9] == pytest.approx(np.exp(-2.0 ** 2 / (2 * 1.875 ** 2)), rel=1e-5)
 
 
 def test_stitching_is_the_importance_weighted_mean_of_the_windows():
