@@ -98,3 +98,32 @@ def test_cache_reads_each_case_once_and_survives_on_disk(isles_dir, tmp_path):
     fresh.get(refs[0])
     assert fresh.reads == 1
     assert not list((tmp_path / "cache").glob("*.tmp*"))
+
+
+def test_native_mode_resamples_to_the_target_spacing_and_slides_windows_of_the_grid(isles_dir):
+    import torch
+    from torch import nn
+
+    from benchmark.evaluation.inference import predict_probability
+
+    case = load_cases(isles_dir, split="train")[0]
+    spacing_xyz = (case.spacing[2] * 2, case.spacing[1] * 2, case.spacing[0])
+    config = PreprocessConfig(normalization="robust", grid=(16, 16, 8), mode="native", spacing=spacing_xyz)
+    assert PreprocessConfig.from_dict(config.to_dict()) == config
+    d, h, w = case.shape
+    assert config.shape_for(case.shape, case.spacing) == (d, round(h / 2), round(w / 2))
+    p = prepare(case, config)
+    assert p.image.shape == (6, d, round(h / 2), round(w / 2)) and p.label.shape == p.image.shape[1:]
+    window = config.window()
+    assert window.patch == (8, 16, 16) and window.overlap == 0.5
+    seed = PreprocessConfig()
+    assert seed.window() is None and seed.shape_for(case.shape, case.spacing) == (19, 48, 48)
+    pointwise = nn.Conv3d(6, 2, 1)  # voxel by voxel: the stitched windows equal one whole-volume pass
+    image = torch.from_numpy(p.image[None])
+    whole = predict_probability(pointwise, image, torch.device("cpu"))
+    slid = predict_probability(pointwise, image, torch.device("cpu"), window=window)
+    torch.testing.assert_close(slid, whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ParameterError, match="target spacing"):
+        PreprocessConfig(mode="native")
+    with pytest.raises(ParameterError, match="mode 'patch'"):
+        PreprocessConfig(mode="patch")

@@ -8,10 +8,20 @@ Normalisations, per modality channel ``x`` of a case:
   skull-stripped), clip ``x`` to its [0.5, 99.5] percentiles over ``M``, then
   ``(x − mean_M) / std_M``; 0 outside ``M``.
 
-Resampling averages over each target voxel's footprint where the grid shrinks and interpolates
-trilinearly (``align_corners=False``: both grids span the same field of view) where it grows;
-labels are resampled as fractions and thresholded at 0.5 where a mask is needed.
-Training grids are written as in the study, X×Y×Z (``48x48x19``); arrays are (D, H, W) = (Z, Y, X).
+Two modes (``PreprocessConfig.mode``), recorded with every study and model:
+
+* ``seed`` (the study's): every case is resampled to one training grid (48×48×19) whatever its
+  spacing; the model sees whole volumes.
+* ``native`` (nnU-Net's practice): every case is resampled to one target voxel spacing (mm, from the
+  data set's plan); its grid is then ``round(n · s / t)`` voxels per axis (native size ``n``, spacing
+  ``s``, target ``t``), the model trains on patches of ``grid`` voxels and predicts with Gaussian
+  sliding windows (:meth:`PreprocessConfig.window`, :mod:`inferers`) over the whole volume.
+
+Resampling (images and labels alike) averages over each target voxel's footprint where the grid
+shrinks and interpolates linearly (trilinear, ``align_corners=False``: both grids span the same field
+of view) where it grows; labels are resampled as fractions (linear) and thresholded at 0.5 where a
+mask is needed. Grids and patches are written as in the study, X×Y×Z (``48x48x19``), spacings as
+X×Y×Z in mm; arrays are (D, H, W) = (Z, Y, X).
 """
 
 from __future__ import annotations
@@ -29,8 +39,10 @@ import torch.nn.functional as F
 from benchmark.data.cases import MODALITIES, Case, CaseRef, check_modalities, read_case
 from benchmark.atomic import atomic_file
 from benchmark.errors import ParameterError
+from inferers import SlidingWindow
 
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "robust")
+MODES: tuple[str, ...] = ("seed", "native")
 
 
 @dataclass(frozen=True)
@@ -40,14 +52,21 @@ class PreprocessConfig:
     Attributes:
         modalities: input channels in order (default the six ISLES maps).
         normalization: ``minmax`` (seed) or ``robust``.
-        grid: training grid as (X, Y, Z) in voxels (seed default 48×48×19).
+        grid: the network's input as (X, Y, Z) voxels: the whole training grid in ``seed`` mode
+            (default 48×48×19), the patch in ``native`` mode.
         percentiles: clipping percentiles of ``robust``.
+        mode: ``seed`` or ``native`` (module docstring).
+        spacing: ``native`` only: the target voxel spacing (X, Y, Z) in mm.
+        overlap: ``native`` only: least overlap of neighbouring sliding windows, share of the patch.
     """
 
     modalities: tuple[str, ...] = MODALITIES
     normalization: str = "minmax"
     grid: tuple[int, int, int] = (48, 48, 19)
     percentiles: tuple[float, float] = (0.5, 99.5)
+    mode: str = "seed"
+    spacing: tuple[float, float, float] | None = None
+    overlap: float = 0.5
 
     def __post_init__(self):
         check_modalities(self.modalities, MODALITIES, "preprocessing")
@@ -59,11 +78,33 @@ class PreprocessConfig:
         low, high = self.percentiles
         if not 0 <= low < high <= 100:
             raise ParameterError(f"percentiles {self.percentiles} must satisfy 0 <= low < high <= 100")
+        if self.mode not in MODES:
+            raise ParameterError(f"preprocessing mode '{self.mode}' is unknown: choose {' or '.join(MODES)}")
+        if self.mode == "native" and (self.spacing is None or len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ParameterError(f"native preprocessing needs a target spacing of three positive sizes in mm "
+                                 f"(got {self.spacing}): take it from the data set's plan (mlproject.plan)")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ParameterError(f"overlap {self.overlap} must lie in [0, 1)")
 
     @property
     def grid_dhw(self) -> tuple[int, int, int]:
         """The training grid in array order (D, H, W) = (Z, Y, X)."""
         return self.grid[2], self.grid[1], self.grid[0]
+
+    def shape_for(self, native_shape: Sequence[int], native_spacing: Sequence[float]) -> tuple[int, int, int]:
+        """The (D, H, W) grid a case of ``native_shape`` voxels of ``native_spacing`` mm (D, H, W) is resampled to.
+
+        ``seed``: the training grid. ``native``: ``max(1, round(n · s / t))`` per axis, target ``t`` in mm.
+        """
+        if self.mode == "seed":
+            return self.grid_dhw
+        target = (self.spacing[2], self.spacing[1], self.spacing[0])
+        return tuple(max(1, int(round(n * s / t)))  # type: ignore[return-value]
+                     for n, s, t in zip(native_shape, native_spacing, target, strict=True))
+
+    def window(self) -> SlidingWindow | None:
+        """The sliding window of ``native`` mode (patch = ``grid``), None in ``seed`` mode (whole volumes)."""
+        return SlidingWindow(self.grid_dhw, overlap=self.overlap) if self.mode == "native" else None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (lists for tuples)."""
@@ -76,8 +117,11 @@ class PreprocessConfig:
         if missing:
             raise ParameterError(f"preprocessing settings lack {', '.join(map(repr, missing))}: use the JSON the "
                                  "export or training wrote beside the model")
+        spacing = data.get("spacing")
         return cls(modalities=tuple(data["modalities"]), normalization=data["normalization"],
-                   grid=tuple(data["grid"]), percentiles=tuple(data.get("percentiles", (0.5, 99.5))))
+                   grid=tuple(data["grid"]), percentiles=tuple(data.get("percentiles", (0.5, 99.5))),
+                   mode=data.get("mode", "seed"), spacing=None if spacing is None else tuple(spacing),
+                   overlap=float(data.get("overlap", 0.5)))
 
     def key(self) -> str:
         """A short stable hash of the settings (cache keys)."""
@@ -165,8 +209,9 @@ class PreparedCase:
 
     Attributes:
         case_id: the case's id.
-        image: (C, D, H, W) float32 normalised input at the training grid.
-        label: (D, H, W) float32 lesion fraction at the training grid, or None.
+        image: (C, D, H, W) float32 normalised input at the training grid (``seed``) or at the target
+            spacing (``native``).
+        label: (D, H, W) float32 lesion fraction on the image's grid, or None.
         native_label: (D, H, W) uint8 label on the native grid, or None.
         native_shape: the native grid (D, H, W).
         spacing: native voxel size in mm, (D, H, W).
@@ -186,21 +231,22 @@ class PreparedCase:
 
 
 def prepare(case: Case, config: PreprocessConfig) -> PreparedCase:
-    """Normalise and resample one case to ``config``'s training grid."""
+    """Normalise one case, then resample it to ``config``'s grid (:meth:`PreprocessConfig.shape_for`)."""
     names = list(case.modality_names)
     missing = [m for m in config.modalities if m not in names]
     if missing:
         raise ParameterError(f"case {case.case_id} lacks {', '.join(missing)} needed by the "
                              "preprocessing: load the case with these modalities")
+    shape = config.shape_for(case.shape, case.spacing)
     channels = case.modalities[[names.index(m) for m in config.modalities]]
-    image = resample(normalize(channels, config), config.grid_dhw)
+    image = resample(normalize(channels, config), shape)
     label = None
     if case.label is not None:
-        label = resample(case.label[None].astype(np.float32), config.grid_dhw)[0]
+        label = resample(case.label[None].astype(np.float32), shape)[0]
     evidence = None
     if case.evidence is not None:
         channels = case.evidence[[names.index(m) for m in config.modalities]].astype(np.float32)
-        evidence = resample(channels, config.grid_dhw) >= 0.5
+        evidence = resample(channels, shape) >= 0.5
     return PreparedCase(case.case_id, image.astype(np.float32), label, case.label, case.shape,
                         case.spacing, case.affine, evidence)
 
