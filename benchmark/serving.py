@@ -19,7 +19,8 @@ files were) —, ``lesion_ml`` = mask voxels × voxel volume (product of the spa
 
 The computation is :mod:`benchmark.stages.predict`'s: a :class:`benchmark.data.cases.Case` goes through
 :func:`benchmark.data.preprocessing.prepare` (the model's own normalisation and resampling to its
-training grid), :meth:`models.onnx.Segmenter.probability` and
+training grid, or to its target spacing in ``native`` mode), :meth:`models.onnx.Segmenter.probability`
+(Gaussian sliding windows of the patch in ``native`` mode) and
 :func:`benchmark.data.preprocessing.to_native`, so a served answer equals ``predict``'s files.
 
 Everything a client can get wrong raises :class:`RequestError` with a short message that never
@@ -262,7 +263,8 @@ class Predictor:
 
     def probability(self, case: Case) -> np.ndarray:
         """(D, H, W) lesion probability on the case's grid, computed exactly as ``predict`` does."""
-        return to_native(self.segmenter.probability(prepare(case, self.config).image[None]), case.shape)[0]
+        image = prepare(case, self.config).image[None]
+        return to_native(self.segmenter.probability(image, window=self.config.window()), case.shape)[0]
 
     def predict(self, inputs: Mapping) -> dict:
         """The answer to one request's ``inputs`` (see the module docstring).

@@ -2,15 +2,21 @@
 
 ``export_onnx`` writes ``<path>.onnx`` (``torch.onnx.export(..., dynamo=True)`` with dynamic batch
 and spatial dimensions), checks it with ``onnx.checker`` and compares onnxruntime (CPU) with
-PyTorch on several grids; a maximum absolute difference above ``atol`` (1e-4 for fp32) fails
-the export loudly and nothing is left behind. A JSON sidecar (``<path>.json``) carries what a
-user needs without the training code: the preprocessing settings (modalities in order,
-normalisation, training grid) and the build configuration.
+PyTorch on several grids (:func:`check_grids`: the model's own input grid — the training grid, or the
+patch in ``native`` mode —, a larger non-cubic one and an odd small one); a maximum absolute
+difference above ``atol`` (1e-4 for fp32) fails the export loudly and nothing is left behind. A JSON
+sidecar (``<path>.json``) carries what a user needs without the training code: the preprocessing
+settings (modalities in order, normalisation, training grid or patch, mode, target spacing, overlap)
+and the build configuration. The exported graph is always a patch model: a volume larger than the
+patch is predicted by the window loop around it.
 
 ``Segmenter`` wraps an onnxruntime session: it chooses TensorRT, CUDA or CPU in that order where
 available and reports the provider actually used (``session.get_providers()``; onnxruntime-gpu
 falls back to CPU silently), uses all CPU cores for intra-op threads, and binds inputs and outputs
-on a GPU.
+on the GPU (:func:`binding_device`). With a :class:`inferers.SlidingWindow` it tiles a volume into
+windows, runs them through onnxruntime ``window.batch`` at a time and stitches their logits with the
+Gaussian importance map by the same :func:`inferers.sliding_window` as the PyTorch path
+(:func:`benchmark.evaluation.inference.predict_probability`), then applies the softmax.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +35,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from inferers import SlidingWindow, sliding_window
 from models.errors import ExportError, ModelFileError
 
 CHECK_GRIDS: tuple[tuple[int, int, int], ...] = ((19, 48, 48), (25, 64, 48), (7, 20, 18))
-"""(D, H, W) grids the export is verified on: the study's, a larger one, an odd small one."""
+"""(D, H, W) grids an export is verified on: the study's, a larger non-cubic one, an odd small one
+(:func:`check_grids` puts the model's own grid first)."""
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def check_grids(preprocess: dict) -> tuple[tuple[int, int, int], ...]:
+    """The three (D, H, W) grids an export is verified on: the model's own, then the last two of :data:`CHECK_GRIDS`.
+
+    The model's own grid is ``preprocess["grid"]`` (X, Y, Z): the training grid in ``seed`` mode (the study's
+    48×48×19 by default), the patch of every sliding window in ``native`` mode.
+    """
+    x, y, z = (int(n) for n in preprocess["grid"])
+    own = (z, y, x)
+    others = [g for g in CHECK_GRIDS if g != own]
+    return (own, *others[-2:])
+
+
+def binding_device(provider: str) -> str | None:
+    """The onnxruntime device a session's input and output are bound on (I/O binding), or None to run plainly.
+
+    ``cuda`` for the GPU providers (TensorRT, CUDA), as onnxruntime advises for them: the batch is placed on the
+    device as an ``OrtValue`` before the run and the logits are allocated there by the session, then copied back
+    once; None for the CPU provider, where ``session.run`` reads and writes host memory directly.
+    """
+    return "cuda" if provider in GPU_PROVIDERS else None
 
 
 @contextlib.contextmanager
@@ -71,7 +102,7 @@ def sidecar_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
-def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHECK_GRIDS, atol: float = 1e-4,
+def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=None, atol: float = 1e-4,
                 seed: int = 0) -> ExportReport:
     """Export, check and verify a model (see the module docstring).
 
@@ -79,7 +110,8 @@ def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHEC
         model: a registry model (its ``build_config`` goes into the sidecar).
         path: target ``.onnx`` file.
         preprocess: :meth:`benchmark.data.preprocessing.PreprocessConfig.to_dict` of the model.
-        grids: (D, H, W) grids to compare on (batch 1 and 2 alternate).
+        grids: (D, H, W) grids to compare on (batch 1 and 2 alternate; the first one is traced); default
+            :func:`check_grids` of ``preprocess``.
         atol: the largest accepted absolute difference of the logits.
         seed: for the random check inputs.
 
@@ -91,6 +123,7 @@ def export_onnx(model: nn.Module, path: str | Path, preprocess: dict, grids=CHEC
     from torch.export import Dim
 
     path = Path(path)
+    grids = tuple(grids) if grids is not None else check_grids(preprocess)
     model = model.eval()
     # the exporter lists every torchvision operator it cannot register; strokelens uses none of them
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -175,6 +208,7 @@ class Segmenter:
             raise ModelFileError(f"cannot load ONNX model '{self.path}' ({type(exc).__name__}): the file is corrupt "
                             "or not an ONNX model; export it again") from exc
         self.provider = self.session.get_providers()[0]
+        self.binding_device = binding_device(self.provider)
         self._check_meta(Path(sidecar) if sidecar is not None else sidecar_path(self.path))
 
     def _check_meta(self, side: Path) -> None:
@@ -195,22 +229,39 @@ class Segmenter:
         """Input channels in order."""
         return list(self.meta["preprocess"]["modalities"])
 
-    def logits(self, image: np.ndarray) -> np.ndarray:
-        """(N, 2, D, H, W) logits of a (N, C, D, H, W) float32 batch."""
+    def logits(self, image: np.ndarray, window: SlidingWindow | None = None,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """(N, 2, D, H, W) logits of a (N, C, D, H, W) float32 batch.
+
+        Args:
+            image: the prepared input.
+            window: None runs each volume whole (``seed`` grid); a sliding window tiles it into patches run
+                ``window.batch`` at a time and stitches their logits with Gaussian weights
+                (:func:`inferers.sliding_window`; a volume smaller than the patch is zero-padded and cropped back).
+            progress: called with the number of windows done after each batch.
+        """
         image = np.ascontiguousarray(image, dtype=np.float32)
-        if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-            import onnxruntime as ort
+        if window is None:
+            return self._run(image)
+        return sliding_window(image, self._run, window, progress)
 
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(image, "cuda", 0))
-            binding.bind_output("logits", "cuda")
-            self.session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()[0]
-        return self.session.run(None, {"image": image})[0]
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One onnxruntime call, bound on :attr:`binding_device` where there is one."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.binding_device is None:
+            return self.session.run(None, {"image": batch})[0]
+        import onnxruntime as ort
 
-    def probability(self, image: np.ndarray) -> np.ndarray:
-        """(N, D, H, W) lesion probability (softmax of the two logits)."""
-        logits = self.logits(image)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, self.binding_device, 0))
+        binding.bind_output("logits", self.binding_device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def probability(self, image: np.ndarray, window: SlidingWindow | None = None,
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """(N, D, H, W) lesion probability: the softmax of the two (stitched) logits of :meth:`logits`."""
+        logits = self.logits(image, window, progress)
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         return e[:, 1] / e.sum(axis=1)

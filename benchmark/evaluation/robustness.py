@@ -9,8 +9,10 @@ lesion volume in ml, and the Dice under two input perturbations (the study's rob
 * ``dice_zero_half``: half of the input voxels, drawn at random, set to 0 in every modality
   (outside the brain for the rules, which read 0 as background).
 
-The draws are fixed by ``seed`` and differ per case. Latency is the median wall time of one
-batch-1 forward pass at the training grid, in PyTorch eager mode and in onnxruntime.
+The draws are fixed by ``seed`` and differ per case. A ``native``-mode model predicts each case (clean
+or perturbed) at the target spacing by Gaussian sliding windows (``window``), as ``predict`` does, and
+its probability is resampled to the native grid. Latency is the median wall time of one batch-1
+forward pass at the training grid (one patch in ``native`` mode), in PyTorch eager mode and in onnxruntime.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from benchmark.errors import DataError
 from benchmark.evaluation.clinical_rules import clinical_masks
 from benchmark.evaluation.inference import predict_probability
 from benchmark.evaluation.segmentation import dice, segmentation_metrics
+from inferers import SlidingWindow
 
 NOISE_SIGMA = 0.15
 ZERO_FRACTION = 0.5
@@ -67,8 +70,11 @@ def _require_label(case_id: str, label) -> np.ndarray:
 
 
 def evaluate_model(model: nn.Module, cases: Sequence[PreparedCase], seed: int = 0,
-                   threshold: float = 0.5) -> list[dict]:
+                   threshold: float = 0.5, window: SlidingWindow | None = None) -> list[dict]:
     """Per validation case: metrics, lesion volume (ml) and Dice under each perturbation.
+
+    ``window``: the model's sliding window (:meth:`~benchmark.data.preprocessing.PreprocessConfig.window`;
+    None for ``seed`` models, which see whole volumes).
 
     Returns:
         One dict per case: ``case``, ``lesion_ml``, the :data:`benchmark.evaluation.segmentation.METRIC_NAMES`,
@@ -82,7 +88,7 @@ def evaluate_model(model: nn.Module, cases: Sequence[PreparedCase], seed: int = 
 
         def native_mask(image: np.ndarray, case: PreparedCase = case) -> np.ndarray:
             with torch.no_grad():
-                probability = predict_probability(model, torch.from_numpy(image[None]), device)
+                probability = predict_probability(model, torch.from_numpy(image[None]), device, window=window)
             return to_native(probability, case.native_shape)[0] > threshold
 
         row = {"case": case.case_id, "lesion_ml": float(truth.sum() * np.prod(case.spacing) / 1000.0),

@@ -3,7 +3,9 @@
 For each architecture of a study, its best trial (complete trials first, then pruned ones) is
 evaluated on the validation side of the study's saved split: per-case metrics on the native
 grid, Dice under noise and under zeroing half the voxels, and latency in PyTorch and
-onnxruntime. The clinical threshold rules (rCBF < 30 % of the contralateral mean, Tmax > 6 s,
+onnxruntime. A model of ``native`` preprocessing predicts each case at its target spacing by Gaussian
+sliding windows (as ``predict`` does) before its probability is resampled to the native grid; its
+latency is that of one patch. The clinical threshold rules (rCBF < 30 % of the contralateral mean, Tmax > 6 s,
 their union) are evaluated on the same cases. Each lands in a nested MLflow run
 (``evaluation-<architecture>``, ``clinical-rule-<rule>``) with mean and sd metrics and a
 ``cases.csv`` artifact; the parent ``evaluate-<study>`` run keeps the split (``split.json`` and
@@ -40,6 +42,7 @@ from benchmark.evaluation.robustness import (
 from benchmark.training.folds import best_trials, fold_models, load_fold_models
 from benchmark.training.loop import load_model
 from benchmark.training.search import DEFAULT_CHECKPOINTS, split_file, study_split
+from inferers import SlidingWindow
 from tracking import model_registry
 from tracking import runs as tracking
 from tracking.records import Store
@@ -141,10 +144,10 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
             model = load_model(checkpoint)
             if out_of_fold:
                 rows = out_of_fold_rows(load_fold_models(models[architecture], experiment), models[architecture],
-                                        split, prepared[config.key()], seed)
+                                        split, prepared[config.key()], seed, window=config.window())
                 metrics = summarize([{k: v for k, v in r.items() if k not in CASE_KEYS} for r in rows])
             else:
-                rows = evaluate_model(model, prepared[config.key()], seed=seed)
+                rows = evaluate_model(model, prepared[config.key()], seed=seed, window=config.window())
                 metrics = summarize(rows)
             speed = latency(model, config.to_dict(), repeats=repeats)
             run_params = {"model_run": trial.run_id, "trial": trial.tags.get(tracking.TAG_TRIAL, ""),
@@ -164,7 +167,8 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
     return result
 
 
-def out_of_fold_rows(models: list, which: list, split: Split, cases: list, seed: int = 0) -> list[dict]:
+def out_of_fold_rows(models: list, which: list, split: Split, cases: list, seed: int = 0,
+                     window: SlidingWindow | None = None) -> list[dict]:
     """Per case, the metrics of the models of the fold that held it out, averaged over their repeats.
 
     Args:
@@ -173,6 +177,7 @@ def out_of_fold_rows(models: list, which: list, split: Split, cases: list, seed:
         split: the study's split (which fold holds out which case).
         cases: the prepared cases to score (each held out by exactly one fold).
         seed: random seed of the perturbations (the same for every repeat).
+        window: the models' sliding window (``native`` mode), None for whole volumes.
 
     Returns:
         One row per case, in the order of ``cases``: ``case``, ``fold``, ``repeats``, the mean of each
@@ -185,7 +190,7 @@ def out_of_fold_rows(models: list, which: list, split: Split, cases: list, seed:
     per_case: dict[str, list[dict]] = {c.case_id: [] for c in cases}
     for model, fold_model in zip(models, which, strict=True):
         held_out = [c for c in cases if fold_of[c.case_id] == fold_model.fold]
-        for row in evaluate_model(model, held_out, seed=seed):
+        for row in evaluate_model(model, held_out, seed=seed, window=window):
             per_case[row["case"]].append(row)
     rows = []
     for case_id, scored in per_case.items():

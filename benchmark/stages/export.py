@@ -148,10 +148,11 @@ def int8_dice_change(onnx_path: Path, int8_path: Path, cases) -> dict:
     ``dice_fp32_cases`` holds the fp32 model's per-case Dice (for the version's confidence interval).
     """
     fp32, int8 = Segmenter(onnx_path), Segmenter(int8_path)
+    window = PreprocessConfig.from_dict(fp32.meta["preprocess"]).window()
     scores = {"fp32": [], "int8": []}
     for case in cases:
         for name, segmenter in (("fp32", fp32), ("int8", int8)):
-            probability = to_native(segmenter.probability(case.image[None]), case.native_shape)[0]
+            probability = to_native(segmenter.probability(case.image[None], window=window), case.native_shape)[0]
             scores[name].append(dice(probability > 0.5, case.native_label))
     means = {f"val_dice_{k}": float(np.mean(v)) for k, v in scores.items()}
     return {**means, "int8_dice_change": means["val_dice_int8"] - means["val_dice_fp32"],

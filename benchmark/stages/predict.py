@@ -18,13 +18,17 @@ its original affine and header, each atomically (complete or absent):
   144-149``); ``<case>_probability.nii.gz`` only with ``save_probabilities``. A case without an MTT
   file of that name (an nnU-Net image set) fails with that reason.
 
-Mask = probability > ``threshold``. Each bad case (missing modality, corrupt or NaN file, files on
-different grids) is reported and the others go on; labels are never read. A case whose outputs all
-exist is skipped unless ``overwrite``; hidden temporary files left by a killed run
-(``.<name>.XXXXXXXX.tmp.nii.gz``) are removed at the start. ``predictions.csv`` in the output folder
-holds one row per case: ``case, status (ok | skipped | failed), lesion_ml, lesion_voxels, seconds,
-provider, cause``, with lesion volume in ml = mask voxels × voxel volume (product of the case's
-spacing in mm / 1000).
+The model's preprocessing (its JSON) decides how a case is run: a ``seed`` model sees the case resampled
+to its training grid; a ``native`` model sees it resampled to its target spacing, tiled into Gaussian-weighted
+sliding windows of its patch (:meth:`models.onnx.Segmenter.probability`); either probability is resampled
+back to the case's native grid. Mask = probability > ``threshold``.
+
+Each bad case (missing modality, corrupt or NaN file, files on different grids) is reported and the
+others go on; labels are never read. A case whose outputs all exist is skipped unless ``overwrite``;
+hidden temporary files left by a killed run (``.<name>.XXXXXXXX.tmp.nii.gz``) are removed at the
+start. ``predictions.csv`` in the output folder holds one row per case: ``case, status (ok | skipped |
+failed), lesion_ml, lesion_voxels, seconds, provider, cause``, with lesion volume in ml = mask voxels ×
+voxel volume (product of the case's spacing in mm / 1000).
 """
 
 from __future__ import annotations
@@ -326,7 +330,8 @@ def predict_cases(input: str | Path, output: str | Path, model: str = DEFAULT_MO
         started = time.perf_counter()
         try:
             case = read_case(replace(ref, label=None, evidence=None))  # ground truth is never needed here
-            probability = to_native(segmenter.probability(prepare(case, config).image[None]), case.shape)[0]
+            image = prepare(case, config).image[None]
+            probability = to_native(segmenter.probability(image, window=config.window()), case.shape)[0]
         except (DataError, ParameterError, ModelError) as exc:
             record(CaseOutcome(ref.case_id, "failed", provider=segmenter.provider, cause=_cause(ref.case_id, exc)))
             _write_csv(output, outcomes)
