@@ -30,6 +30,12 @@ validation cases is what ``mlproject.export --int8-data`` reports). Target on CP
 ≤ 0.6× PyTorch's latency. ``lrp`` in its JSON: onnxruntime (CPU) latency of the exported relevance
 graphs of ``lrp_epsilon`` and ``lrp_zplus`` (:mod:`explain.onnx_export`) against ``explain.attribute``
 on the same grids, and the export's relative L1 difference.
+``sliding``: seconds per native volume (192×192×19 and 256×256×25, X×Y×Z) of Gaussian sliding-window
+inference (:mod:`inferers`; patch 96×96×16, overlap 0.5, 4 windows per batch) for ``unet3d`` at width
+0.25 in PyTorch eager (:func:`benchmark.evaluation.inference.predict_probability`) and in onnxruntime on
+the CPU (:meth:`models.onnx.Segmenter.probability`), timed round-robin: windows per second, the time of one
+batch of windows alone (so the share of tiling, stitching and softmax shows), the ratio onnxruntime /
+PyTorch and the largest probability difference of the two. Target on CPU: ≤ 0.6×.
 ``search``: trials per minute, storage overhead per trial and duplicate parameters of one small study
 with 1, 2 and 4 workers on SQLite, a journal file and PostgreSQL (:mod:`benchmark.training.scaling`).
 ``serve``: the served model (``python -m mlproject.serve`` on 127.0.0.1, a local pyfunc of ``unet3d``
@@ -324,6 +330,66 @@ def bench_onnx(width: float = 0.25, grids_xyz=((48, 48, 19), (192, 192, 19)), re
             "meets_target": cpu.get("latency_ratio_to_pytorch", float("inf")) <= 0.6}
 
 
+def bench_sliding(width: float = 0.25, patch_xyz=(96, 96, 16), grids_xyz=((192, 192, 19), (256, 256, 25)),
+                  overlap: float = 0.5, batch: int = 4, repeats: int = 5) -> dict:
+    """Sliding-window inference per native volume, PyTorch eager against onnxruntime (see the module docstring)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    import models
+    from benchmark.data.preprocessing import PreprocessConfig
+    from benchmark.evaluation.inference import predict_probability
+    from inferers import SlidingWindow
+    from models.onnx import Segmenter, export_onnx
+
+    torch.manual_seed(0)
+    model = models.build("unet3d", 6, width=width).eval()
+    config = PreprocessConfig(normalization="robust", grid=tuple(patch_xyz), mode="native", spacing=(1.0, 1.0, 5.0),
+                              overlap=overlap)
+    window = SlidingWindow(config.grid_dhw, overlap=overlap, batch=batch)
+    cpu = torch.device("cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        report = export_onnx(model, Path(tmp) / "model.onnx", config.to_dict())
+        segmenter = Segmenter(report.onnx_path, providers=["CPUExecutionProvider"])
+        one_batch = torch.randn(batch, 6, *config.grid_dhw, generator=torch.Generator().manual_seed(1))
+        one_batch_np = one_batch.numpy()
+
+        def eager_batch(x=one_batch):
+            with torch.no_grad():
+                return model(x)
+
+        batch_s = interleaved_medians({"pytorch": eager_batch, "onnxruntime": lambda: segmenter.logits(one_batch_np)},
+                                      repeats)
+        for grid in grids_xyz:
+            dhw = (grid[2], grid[1], grid[0])
+            x = torch.randn(1, 6, *dhw, generator=torch.Generator().manual_seed(2))
+            x_np = x.numpy()
+            padded = [max(n, p) for n, p in zip(dhw, window.patch, strict=True)]
+            n_windows = len(window.windows(padded))
+            calls = {"pytorch": lambda x=x: predict_probability(model, x, cpu, window=window),
+                     "onnxruntime": lambda x=x_np: segmenter.probability(x, window=window)}
+            seconds = interleaved_medians(calls, repeats)
+            difference = float(np.abs(calls["pytorch"]().numpy() - calls["onnxruntime"]()).max())
+            n_batches = math.ceil(n_windows / batch)
+            row = {"grid_xyz": list(grid), "windows": n_windows, "batches": n_batches,
+                   "max_abs_probability_difference": difference,
+                   "onnx_over_pytorch": seconds["onnxruntime"] / seconds["pytorch"]}
+            for name in calls:
+                windows_only = n_batches * batch_s[name]
+                row[name] = {"seconds_per_volume": seconds[name], "windows_per_s": n_windows / seconds[name],
+                             "batch_of_windows_s": batch_s[name],
+                             "outside_the_network_share": max(0.0, 1.0 - windows_only / seconds[name])}
+            rows.append(row)
+    return {"benchmark": "sliding", "architecture": "unet3d", "width": width, "patch_xyz": list(patch_xyz),
+            "overlap": overlap, "sigma_scale": window.sigma_scale, "batch": batch, "repeats": repeats,
+            "timing": "round-robin", "onnx_provider": segmenter.provider, "export_max_abs_diff": report.max_abs_diff,
+            "results": rows, "target_onnx_over_pytorch": 0.6,
+            "meets_target": all(r["onnx_over_pytorch"] <= 0.6 for r in rows)}
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory (VmRSS) of a process in MiB (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -569,7 +635,7 @@ def bench_lrp_onnx(model, grids_xyz, repeats: int, methods=("lrp_epsilon", "lrp_
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)
-    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx", "search", "serve"])
+    parser.add_argument("what", choices=["synth", "train", "lrp", "onnx", "sliding", "search", "serve"])
     parser.add_argument("--width", type=float, default=0.25, help="train: width multiplier")
     parser.add_argument("--steps", type=int, default=5, help="train: timed steps per architecture")
     parser.add_argument("--json", default="", help="write the result here too")
@@ -586,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = bench_train(width=args.width, steps=args.steps)
     elif args.what == "lrp":
         result = bench_lrp(repeats=args.repeats)
+    elif args.what == "sliding":
+        result = bench_sliding(repeats=args.repeats)
     elif args.what == "search":
         from benchmark.training.scaling import bench_search
 

@@ -59,3 +59,20 @@ def test_bench_lrp_reports_times_and_floors_for_every_method():
     assert zplus["arithmetic_allows_target"] is False  # 1.5× is below exact z⁺'s arithmetic on LeakyReLU inputs
     assert row["methods"]["epsilon_gamma_box"]["arithmetic_allows_target"] is True
     assert row["study_sweep"]["filters"] == 16 and row["study_sweep"]["seconds"] > 0
+
+
+def test_bench_sliding_times_both_backends_on_every_grid():
+    from benchmark.perf import bench_sliding
+
+    result = bench_sliding(width=0.0625, patch_xyz=(16, 16, 8), grids_xyz=((40, 36, 12), (12, 20, 5)), repeats=1)
+    big, small = result["results"]
+    assert big["windows"] == 4 * 4 * 2 and small["windows"] == 2  # window_starts per axis; a thin volume is padded
+    for row in (big, small):
+        assert row["max_abs_probability_difference"] <= 1e-4
+        for name in ("pytorch", "onnxruntime"):
+            timing = row[name]
+            assert timing["seconds_per_volume"] > 0 and 0 <= timing["outside_the_network_share"] < 1
+            assert timing["windows_per_s"] == pytest.approx(row["windows"] / timing["seconds_per_volume"])
+        assert row["onnx_over_pytorch"] == pytest.approx(row["onnxruntime"]["seconds_per_volume"]
+                                                         / row["pytorch"]["seconds_per_volume"])
+    assert result["patch_xyz"] == [16, 16, 8] and result["onnx_provider"] == "CPUExecutionProvider"
