@@ -80,7 +80,7 @@ def test_each_kind_lands_in_its_own_described_experiment_in_the_training_view(st
         assert tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
         assert len(tags[tracking.NOTE_TAG]) > 100 and "strokelens.study" in tags[tracking.NOTE_TAG]
     assert experiments["e-evaluation"].tags[tracking.TAG_BASE_EXPERIMENT] == "e"
-    assert "evaluate-<study>" in experiments["e-evaluation"].tags[tracking.NOTE_TAG]
+    assert "evaluate-STUDY" in experiments["e-evaluation"].tags[tracking.NOTE_TAG]
     # a nested run sits in its parent's experiment
     child = client.get_run(ids["unet3d-lrp_zplus"])
     assert child.data.tags["mlflow.parentRunId"] == ids["explain-unet3d"]

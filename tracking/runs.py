@@ -230,31 +230,34 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 """The MLflow UI opens an experiment with this tag in its model-training view, not the GenAI one."""
 NOTE_TAG = "mlflow.note.content"
 TAG_BASE_EXPERIMENT = "strokelens.experiment_base"
-"""On each section experiment: the study's experiment it belongs to."""
+"""On each section experiment: the study's experiment it belongs to.
+
+The descriptions name placeholders in capitals (``search-STUDY``): the MLflow UI renders a note as
+Markdown, where ``<study>`` would vanish as an HTML tag."""
 _LINKS = ("Each run's kind is its tag strokelens.kind. Runs link across the experiments by tags: strokelens.study, "
           "strokelens.model_run (the trial run) and strokelens.architecture; filter a study with "
-          "tags.strokelens.study = '<study>'.")
+          "tags.strokelens.study = 'STUDY'.")
 SECTION_DESCRIPTIONS = {
-    "": ("strokelens: ischemic-stroke lesion segmentation benchmark, the training runs. Each search-<study> run is "
-         "one search invocation (its best trial as study_best_* metrics) with one nested trial-NNN-<architecture> "
+    "": ("strokelens: ischemic-stroke lesion segmentation benchmark, the training runs. Each search-STUDY run is "
+         "one search invocation (its best trial as study_best_* metrics) with one nested trial-NNN-ARCHITECTURE "
          "run per Optuna trial: hyper-parameters, per-epoch train_loss/val_dice (step = epoch), best_val_dice, "
-         "checkpoints, system metrics and the split as dataset input. folds-<study> holds the cross-validation "
-         "fold models, export-<run> the ONNX models registered as strokelens-segmenter. Evaluations, explanations "
+         "checkpoints, system metrics and the split as dataset input. folds-STUDY holds the cross-validation "
+         "fold models, export-RUN the ONNX models registered as strokelens-segmenter. Evaluations, explanations "
          "and reports are in the experiments {base}-evaluation, {base}-explanations and {base}-report. "),
-    "evaluation": ("strokelens: the evaluations of {base}. Each evaluate-<study> run has one nested "
-                   "evaluation-<architecture> run per architecture (its best trial, tag strokelens.model_run) and "
-                   "one clinical-rule-<rule> run per threshold rule: Dice, HD95, ASSD, lesion F1, volume difference "
+    "evaluation": ("strokelens: the evaluations of {base}. Each evaluate-STUDY run has one nested "
+                   "evaluation-ARCHITECTURE run per architecture (its best trial, tag strokelens.model_run) and "
+                   "one clinical-rule-RULE run per threshold rule: Dice, HD95, ASSD, lesion F1, volume difference "
                    "(mean and sd over the validation cases), robustness and latency, with per-case cases.csv; the "
                    "report logs each row's leaderboard rank back as the metric rank. "),
-    "explanations": ("strokelens: the LRP explanations of {base}'s models. Each explain-<architecture>-<run> run "
+    "explanations": ("strokelens: the LRP explanations of {base}'s models. Each explain-ARCHITECTURE-RUN run "
                      "explains one model (its trial run in strokelens.model_run) with one nested "
-                     "<architecture>-<method> run per method: the unfiltered metrics, the best filter's as "
-                     "best_filter/<metric>, every filter in filters.json, relevance NIfTI and PNG per case; the "
+                     "ARCHITECTURE-METHOD run per method: the unfiltered metrics, the best filter's as "
+                     "best_filter/METRIC, every filter in filters.json, relevance NIfTI and PNG per case; the "
                      "report logs rank, rank_raw and architecture_rank back, so methods compare across models. "),
     "reproduction": ("strokelens: the study's experiments on {base}'s models (dilution, lesion-like defects, "
-                     "relevance amplitude, filter comparison, overlays): one experiments-<study> run with one "
-                     "nested experiment-<name> run each. "),
-    "report": ("strokelens: the leaderboard reports of {base}'s studies. Each report-<study> run holds "
+                     "relevance amplitude, filter comparison, overlays): one experiments-STUDY run with one "
+                     "nested experiment-NAME run each. "),
+    "report": ("strokelens: the leaderboard reports of {base}'s studies. Each report-STUDY run holds "
                "leaderboard.html (open it from the run's artifacts), its tables and figures. "),
 }
 EXPERIMENT_DESCRIPTION = SECTION_DESCRIPTIONS[""]
