@@ -21,6 +21,7 @@ from benchmark.data.splits import SPLIT_FILE, Split
 from benchmark.errors import DataError
 from benchmark.reporting.leaderboard import leaderboard_ranks
 from benchmark.reporting.report import build_report
+from benchmark.training.profiles import experiment_of
 from benchmark.training.search import DEFAULT_CHECKPOINTS, study_split
 from tracking import runs as tracking
 from tracking.records import Store
@@ -79,7 +80,7 @@ def report_study(study: str, experiment: str = "", out: str | Path = "reports",
     Raises:
         DataError: there is nothing to report.
     """
-    experiment = experiment or tracking.default_experiment()
+    experiment = experiment or tracking.default_experiment(experiment_of(study))
     report = build_report(study, experiment, out)  # before setup, which would create the experiment
     store = Store(experiment)
     missing = list(report.missing)
