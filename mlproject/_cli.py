@@ -93,9 +93,11 @@ def case_spec(text: str) -> int | list[str]:
 
 
 def add_experiment_argument(parser: argparse.ArgumentParser) -> None:
-    """``--experiment``: empty means the project run's experiment under ``mlflow run``, else ``strokelens``."""
+    """``--experiment``: empty means the project run's experiment under ``mlflow run``, else the study's profile's."""
     parser.add_argument("--experiment", default="", type=experiment_name,
-                        help="MLflow experiment (default: the project run's under mlflow run, else strokelens)")
+                        help="the study's MLflow experiment; evaluations, explanations and reports go to "
+                        "<experiment>-evaluation, -explanations and -report (default: the project run's under "
+                        "mlflow run, else the profile's: strokelens, strokelens-smoke for the smoke study)")
 
 
 def experiment_name(text: str) -> str:
@@ -132,7 +134,8 @@ def add_search_arguments(parser: argparse.ArgumentParser, data: bool = True, see
                         help="trials to add to the study (default auto: the profile's)")
     parser.add_argument("--epochs", type=auto_int, default=None,
                         help="maximum epochs per trial (default auto: the profile's)")
-    parser.add_argument("--study", default="strokelens", help="Optuna study name; the same name resumes")
+    parser.add_argument("--study", default="", help="Optuna study name; the same name resumes (default: the "
+                        "profile's: strokelens, smoke for --profile smoke)")
     parser.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL")
     add_experiment_argument(parser)
     if seed:
@@ -178,7 +181,8 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
     return SearchSettings(data=Path(args.data) if args.data else DEFAULT_DATA,
                           trials=profile.trials if args.trials is None else args.trials,
                           epochs=profile.epochs if args.epochs is None else args.epochs,
-                          study=args.study, storage=args.storage, experiment=args.experiment, seed=args.seed,
+                          study=args.study or profile.study, storage=args.storage, experiment=args.experiment,
+                          seed=args.seed,
                           device=args.device, profile=profile, checkpoints=Path(args.checkpoints),
                           time_budget=profile.time_budget if args.time_budget < 0 else (args.time_budget or None),
                           val_fraction=args.val_fraction, split_seed=args.split_seed,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from benchmark.evaluation.dilution import DEFAULT_LEVELS, STUDY_DRAWS
 from benchmark.stages.experiments import EXPERIMENTS, ExperimentSettings, run_experiments
+from benchmark.training.profiles import DEFAULT_STUDY
 from mlproject._cli import ArgumentParser, add_experiment_argument, case_spec, method_list, run, split_list
 
 
@@ -33,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m mlproject.experiments", description=__doc__)
     parser.add_argument("--model", default="", help="run id, runs:/…, models:/name@alias or a .pt checkpoint "
                         "(default: the best trial of --study's latest search)")
-    parser.add_argument("--study", default="strokelens", help="the study whose best trial is used and whose report "
-                        "shows the results")
+    parser.add_argument("--study", default=DEFAULT_STUDY, help="the study whose best trial is used and whose report "
+                        f"shows the results (empty: {DEFAULT_STUDY})")
     parser.add_argument("--data", default="", help="data folder (default: the one the model's split was made from)")
     parser.add_argument("--cases", default="3", help="how many cases (validation first), or a comma list of case ids")
     add_experiment_argument(parser)
@@ -68,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   defect_method=args.defect_method, filters=split_list(args.filters),
                                   overlay_method=args.overlay_method)
     which = list(EXPERIMENTS) if args.experiments.strip() in ("", "all") else split_list(args.experiments)
-    result = run_experiments(args.model, args.data, case_spec(args.cases), args.experiment, args.study, which,
-                             settings, args.seed)
+    result = run_experiments(args.model, args.data, case_spec(args.cases), args.experiment,
+                             args.study or DEFAULT_STUDY, which, settings, args.seed)
     print("\n".join(result.lines()))
     return 0
 

@@ -38,20 +38,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{DEFAULT_CASES}, or what data/synthetic holds; another count than it holds is an error)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the data and the search")
     add_search_arguments(parser, data=False, seed=False)
-    parser.add_argument("--explain-methods", default="all", help="methods explained after the search")
-    parser.add_argument("--explain-filters", default=",".join(DEFAULT_EXPLAIN_FILTERS),
-                        help="relevance filters of the explanations")
-    parser.add_argument("--explain-cases", default="2", help="validation cases explained (a count or case ids)")
+    parser.add_argument("--explain-methods", default="auto", help="methods explained after the search (all, a comma "
+                        "list; auto: the profile's, all but for smoke)")
+    parser.add_argument("--explain-filters", default="auto", help="relevance filters of the explanations (auto: the "
+                        f"profile's, {','.join(DEFAULT_EXPLAIN_FILTERS)} but raw for smoke)")
+    parser.add_argument("--explain-cases", default="auto", help="validation cases explained (a count or case ids; "
+                        "auto: the profile's, 2 but 1 for smoke)")
     parser.add_argument("--report-out", default="reports", help="folder that receives the report (<study>/)")
     parser.add_argument("--experiments", action="store_true", help="also run the study's experiments (dilution, "
                         "defects, amplitude, filter box plots, overlays) on the best trial before the report; "
                         "off by default (several minutes on a CPU); mlproject.experiments runs them alone")
     args = parser.parse_args(argv)
-    result = run_pipeline(search_settings(args), synthetic_cases=args.cases, data_seed=args.seed, top_k=args.top_k,
-                          export=not args.no_export, explain_methods=method_list(args.explain_methods),
-                          explain_filters=split_list(args.explain_filters),
-                          explain_cases=case_spec(args.explain_cases), report_out=args.report_out, say=print,
-                          experiments=args.experiments)
+    settings = search_settings(args)
+    profile = settings.profile
+    methods = (list(profile.explain_methods) if profile.explain_methods else None) \
+        if args.explain_methods.strip() == "auto" else method_list(args.explain_methods)
+    filters = list(profile.explain_filters or DEFAULT_EXPLAIN_FILTERS) if args.explain_filters.strip() == "auto" \
+        else split_list(args.explain_filters)
+    cases = profile.explain_cases if args.explain_cases.strip() == "auto" else case_spec(args.explain_cases)
+    result = run_pipeline(settings, synthetic_cases=args.cases, data_seed=args.seed, top_k=args.top_k,
+                          export=not args.no_export, explain_methods=methods, explain_filters=filters,
+                          explain_cases=cases, report_out=args.report_out, say=print, experiments=args.experiments)
     if not result.ok:
         return 1
     print(f"compare the runs: mlflow ui --backend-store-uri {tracking_uri()}")

@@ -187,7 +187,7 @@ def test_the_stage_logs_one_run_per_experiment_and_the_report_shows_them(isles_d
     assert result.cases == found.split.val_ids[:2] + found.split.train_ids[:max(0, 2 - len(found.split.val_ids))]
 
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("e").experiment_id], max_results=500)
+    runs = client.search_runs([client.get_experiment_by_name("e-reproduction").experiment_id], max_results=500)
     parent = next(r for r in runs if r.info.run_id == result.run_id)
     assert parent.data.tags["strokelens.kind"] == "experiments" and parent.data.params["split"] == found.split.digest
     for name, run_id in result.runs.items():

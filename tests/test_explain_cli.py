@@ -40,7 +40,7 @@ def _run(workdir, *args):
 
 def _runs(workdir):
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    experiment = client.get_experiment_by_name("strokelens")
+    experiment = client.get_experiment_by_name("strokelens-explanations")
     return client, ([] if experiment is None else client.search_runs([experiment.experiment_id]))
 
 

@@ -161,7 +161,7 @@ def test_evaluation_scores_every_labelled_case_once_out_of_fold(folded):
     work, settings, result, client = folded
     split = result.search.split
     evaluation = evaluate_study("s", "e", repeats=1)
-    experiment = client.get_experiment_by_name("e").experiment_id
+    experiment = client.get_experiment_by_name("e-evaluation").experiment_id
     (run,) = client.search_runs([experiment], "tags.`strokelens.kind` = 'evaluation'")
     assert run.data.params["folds"] == "2" and run.data.params["repeats"] == "1" and run.data.params["cases"] == "4"
     parent = client.get_run(evaluation.run_id)
@@ -209,7 +209,8 @@ def test_repeats_are_scored_separately_and_averaged_per_case_with_their_spread(f
              for r in client.search_runs([experiment], "tags.`strokelens.kind` = 'fold'")}
     assert seeds == {"0": fold_seed(0, 0, 0), "1": fold_seed(0, 0, 1)}
     evaluate_study("s", "e", repeats=1)
-    (run, *_) = client.search_runs([experiment], "tags.`strokelens.kind` = 'evaluation'",
+    (run, *_) = client.search_runs([client.get_experiment_by_name("e-evaluation").experiment_id],
+                                   "tags.`strokelens.kind` = 'evaluation'",
                                    order_by=["attributes.start_time DESC"])
     assert run.data.params["repeats"] == "2" and run.data.params["cases"] == "4"
     table = pd.read_csv(client.download_artifacts(run.info.run_id, "cases.csv", str(work / "repeats")))

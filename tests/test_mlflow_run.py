@@ -32,15 +32,26 @@ def test_mlflow_run_train_entry_point(isles_dir, tmp_path):
     assert len(parent) == 1 and len(trials) == 2
     assert parent[0].data.params["seed"] == "3" and parent[0].data.params["trials"] == "2"  # parameters arrive
     assert {r.data.params["architecture"] for r in trials} == {"segresnet3d"}
-    # later stages under `mlflow run` read and write the project run's experiment unless told otherwise
+    # later stages under `mlflow run` read the project run's experiment and write their kind's (slow-report)
     report = subprocess.run([str(mlflow_cli), "run", str(ROOT), "-e", "report", "--env-manager", "local",
                              "--experiment-name", "slow", "-P", "study=slow", "-P", f"out={tmp_path / 'reports'}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "reports" / "slow" / "leaderboard.html").is_file()
-    runs = client.search_runs([client.get_experiment_by_name("slow").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("slow-report").experiment_id])
     reports = [r for r in runs if r.data.tags.get("strokelens.kind") == "report"]
     assert [r.data.tags.get("strokelens.study") for r in reports] == ["slow"]
+    launcher = [r for r in client.search_runs([client.get_experiment_by_name("slow").experiment_id])
+                if r.data.tags.get("strokelens.stage_run")]
+    assert [r.data.tags["strokelens.stage_run"] for r in launcher] == [reports[0].info.run_id]  # it says where
+    # named after the kind's experiment, the project run is the stage's run
+    report = subprocess.run([str(mlflow_cli), "run", str(ROOT), "-e", "report", "--env-manager", "local",
+                             "--experiment-name", "slow-report", "-P", "study=slow",
+                             "-P", f"out={tmp_path / 'reports'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert report.returncode == 0, report.stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("slow-report").experiment_id])
+    assert len(runs) == 2 and all(r.data.tags.get("strokelens.kind") == "report" for r in runs)
 
 
 def test_under_mlflow_run_the_search_is_the_project_run_and_exports_get_their_own(isles_dir, tmp_path):

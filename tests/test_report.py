@@ -25,6 +25,7 @@ from benchmark.reporting.leaderboard import (
     floor_value,
 )
 from benchmark.reporting.report import MARKER, build_report
+from tracking.names import base_experiment
 from tracking.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def test_report_reads_method_runs_with_filter_tables_and_logs_ranks_back(tmp_pat
     assert list(table["method"][:2]) == ["lrp_zplus", "lrp_zplus"] and table.iloc[-1]["method"] == "random"
     client = mlflow.tracking.MlflowClient()
     method_runs = {r.data.params["method"]: r for r in client.search_runs(
-        [Store("e").experiment_id], "tags.`strokelens.kind` = 'explanation'")}
+        [client.get_experiment_by_name("e-explanations").experiment_id], "tags.`strokelens.kind` = 'explanation'")}
     lrp = method_runs["lrp_zplus"]
     assert "blrp_to_ot" not in lrp.data.metrics and lrp.data.metrics["best_filter/blrp_to_ot"] == 0.3  # no NaN
     assert lrp.data.tags["strokelens.study"] == "s" and lrp.data.params["architecture"] == "unet3d"
@@ -326,9 +327,10 @@ def pipeline(tmp_path_factory):
 
 
 def _mlflow(workdir):
+    """The client and every run of the study's experiment ``strokelens`` and of its sections (``strokelens-…``)."""
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    experiment = client.get_experiment_by_name("strokelens")
-    return client, client.search_runs([experiment.experiment_id], max_results=5000)
+    ids = [e.experiment_id for e in client.search_experiments() if base_experiment(e.name) == "strokelens"]
+    return client, client.search_runs(ids, max_results=5000)
 
 
 def test_pipeline_writes_every_report_file(pipeline):

@@ -1,7 +1,8 @@
 """Reading the runs of a study back from MLflow as plain records (what the report and evaluate use).
 
 The run structure is the one :mod:`tracking.runs` writes: runs are found by their tags
-``strokelens.kind`` and ``strokelens.study``, never by name. :func:`search_run_of` and
+``strokelens.kind`` and ``strokelens.study``, never by name, in the experiment that holds their kind
+(:func:`tracking.names.experiment_for`) and in the study's experiment itself (older stores). :func:`search_run_of` and
 :func:`download_split` bring back the split a model's search logged.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from tracking.names import base_experiment
 from tracking.runs import (
     CASES_TABLE,
     CHECKPOINT_ARTIFACT,
@@ -29,6 +31,7 @@ from tracking.runs import (
     TAG_MODEL_RUN,
     TAG_STATE,
     TAG_STUDY,
+    experiment_ids,
     tracking_uri,
 )
 
@@ -72,31 +75,35 @@ class RunRecord:
 
 
 class Store:
-    """The runs of one experiment, read once and filtered by kind and study.
+    """The runs of one study's experiment and its sections, read by kind and study.
 
     Args:
-        experiment: the MLflow experiment name.
+        experiment: the study's MLflow experiment name (a section's name, ``strokelens-evaluation``,
+            means its study's experiment).
 
     Attributes:
-        experiment_id: None when the experiment does not exist.
+        experiment_id: the study's experiment's id; None when the experiment does not exist.
     """
 
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT):
         self.client = MlflowClient(tracking_uri())
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment = experiment
+        self.experiment = base_experiment(experiment)
+        found = self.client.get_experiment_by_name(self.experiment)
         self.experiment_id = found.experiment_id if found else None
 
     def runs(self, kind: str, study: str | None = None, extra: str = "") -> list[RunRecord]:
         """Active runs of a kind (and study), newest first."""
         if self.experiment_id is None:
             return []
+        ids = experiment_ids(self.experiment, kind)
+        if not ids:
+            return []
         query = f"tags.`{TAG_KIND}` = '{kind}'"
         if study is not None:
             query += f" and tags.`{TAG_STUDY}` = '{study}'"
         if extra:
             query += f" and {extra}"
-        found = self.client.search_runs([self.experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+        found = self.client.search_runs(ids, query, run_view_type=ViewType.ACTIVE_ONLY,
                                         order_by=["attributes.start_time DESC"], max_results=5000)
         return [RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time or 0,
                           r.data.tags.get("mlflow.parentRunId", ""), dict(r.data.tags), dict(r.data.params),

@@ -15,7 +15,7 @@ import mlflow
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from tracking.runs import TAG_KIND, TAG_STUDY, tracking_uri
+from tracking.runs import TAG_KIND, TAG_STUDY, experiment_ids, tracking_uri
 
 TAG_WORKER = "strokelens.worker"
 
@@ -33,7 +33,7 @@ def fail_stale_runs(experiment: str, study: str | None, dead: Callable[[dict], b
     leaves its method × filter runs open; they carry no owner of their own).
 
     Args:
-        experiment: the MLflow experiment name.
+        experiment: the study's MLflow experiment name (its sections' runs are ended too).
         study: the study tag (None: any study).
         dead: called with a run's worker identity; True when that process is gone.
         also: run ids to end FAILED when still RUNNING (e.g. the MLflow runs of trials that the
@@ -44,15 +44,15 @@ def fail_stale_runs(experiment: str, study: str | None, dead: Callable[[dict], b
         The ids of the runs ended now, nested ones included.
     """
     client = MlflowClient(tracking_uri())
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    ids = experiment_ids(experiment, kind)
+    if not ids:
         return []
     where = ["attributes.status = 'RUNNING'"]
     if study is not None:
         where.append(f"tags.`{TAG_STUDY}` = '{study}'")
     if kind is not None:
         where.append(f"tags.`{TAG_KIND}` = '{kind}'")
-    running = client.search_runs([found.experiment_id], " and ".join(where), run_view_type=ViewType.ACTIVE_ONLY,
+    running = client.search_runs(ids, " and ".join(where), run_view_type=ViewType.ACTIVE_ONLY,
                                  max_results=5000)
     ended = []
     for run in running:
@@ -60,7 +60,7 @@ def fail_stale_runs(experiment: str, study: str | None, dead: Callable[[dict], b
         if run.info.run_id in also or (worker and dead(json.loads(worker))):
             client.set_terminated(run.info.run_id, "FAILED")
             ended.append(run.info.run_id)
-            children = client.search_runs([found.experiment_id], f"tags.`mlflow.parentRunId` = "
+            children = client.search_runs(ids, f"tags.`mlflow.parentRunId` = "
                                           f"'{run.info.run_id}' and attributes.status = 'RUNNING'",
                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
             for child in children:

@@ -6,12 +6,19 @@ models are :mod:`tracking.model_registry`'s):
 * store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` (the file store is
   refused by MLflow 3). The database is created under a file lock before any worker uses it,
   because concurrent first migrations crash.
+* experiments: runs are grouped by kind (:data:`tracking.names.SECTIONS`). The study's experiment
+  (the name given, :data:`DEFAULT_EXPERIMENT` or the profile's by default) holds the searches, trials,
+  folds and exports; ``<experiment>-evaluation``, ``<experiment>-explanations``,
+  ``<experiment>-reproduction`` (the study's experiments) and ``<experiment>-report`` hold the rest,
+  each created on first use with a description and the model-training view. Runs link across them
+  by tags (``strokelens.study``, ``strokelens.model_run``, ``strokelens.architecture``).
 * inside ``mlflow run`` the project's run (``MLFLOW_RUN_ID``) is taken once, at the first
-  :func:`setup` or :func:`default_experiment`: the first stage run of the process in its
-  experiment *is* that run (``mlflow run . -e train`` shows the search as the project's run);
-  every later stage run (the exports, evaluation, explanation and report of ``mlflow run .``) is
-  a run of its own in that experiment. An empty ``experiment`` means the project run's
-  experiment under ``mlflow run``, else :data:`DEFAULT_EXPERIMENT`.
+  :func:`setup` or :func:`default_experiment`: the first stage run of the process whose experiment
+  is the project run's *is* that run (``mlflow run . -e train`` shows the search as the project's
+  run); every later stage run is a run of its own. An empty ``experiment`` means the study's
+  experiment of the project run's experiment under ``mlflow run`` (``strokelens-evaluation`` →
+  ``strokelens``), else :data:`DEFAULT_EXPERIMENT`. A stage that logs to another experiment than
+  the project run's leaves a note on the project run naming its run.
 * a search is one parent run (``search-<study>``, tag ``strokelens.kind=search``) with one
   nested child run per Optuna trial (``trial-<NNN>-<architecture>``, ``strokelens.kind=trial``,
   ``strokelens.state`` = complete / pruned / failed); it logs the study's split as
@@ -24,8 +31,9 @@ models are :mod:`tracking.model_registry`'s):
   ``explain-<run>`` (kind ``explain``, one per explained model) has one nested
   ``<architecture>-<method>`` run (kind ``explanation``) whose metrics are its unfiltered row's
   and (``best_filter/<metric>``) its best filtered row's, with every filter's means in the
-  :data:`FILTER_TABLE` artifact (an MLflow table); the report logs each method run's ``rank`` and
-  ``rank_raw`` back onto it (:func:`log_ranks`). No explanation metric is logged as NaN (a metric
+  :data:`FILTER_TABLE` artifact (an MLflow table); the report logs each method run's ``rank``,
+  ``rank_raw`` and ``architecture_rank``, and each evaluation and clinical-rule run's ``rank``, back
+  onto it (:func:`log_ranks`). No metric is logged as NaN or ±inf (a metric
   that does not apply is absent). ``experiments-<study>`` (kind ``experiments``) has one nested
   ``experiment-<name>`` run per study experiment (kind ``experiment``). ``report-<study>`` (kind
   ``report``) holds the leaderboard.
@@ -37,6 +45,7 @@ models are :mod:`tracking.model_registry`'s):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -53,7 +62,7 @@ from mlflow.tracking import MlflowClient
 from tracking.context import SYSTEM_METRICS_INTERVAL_S, context_tags
 from tracking.errors import TrackingError
 from tracking.locks import sqlite_lock
-from tracking.names import name_problem
+from tracking.names import SECTIONS, base_experiment, name_problem, section_experiment, section_of
 from tracking.stores import check_reachable, prepare_sqlite
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -94,6 +103,8 @@ class _Session:
     """What this process knows: the experiment it logs to and the run ``mlflow run`` started for it."""
 
     experiment_id: str | None = None
+    experiment: str | None = None
+    sections: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     project_run: str | None = None
     project_experiment: str | None = None
     project_run_adopted: bool = False
@@ -148,12 +159,8 @@ def setup(experiment: str = "") -> str:
     check_reachable(uri)
     try:
         prepare_sqlite(uri, lambda building: MlflowClient(building).search_experiments(max_results=1))
-        with sqlite_lock(uri):
-            client = MlflowClient(uri)
-            experiment = experiment or default_experiment()
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else _create_experiment(client, experiment)
-            describe_experiment(client, experiment_id, found.tags if found else {})
+        experiment = base_experiment(experiment or default_experiment())
+        experiment_id = _ensure_experiment(experiment, "")
     except TrackingError:
         raise
     except Exception as exc:
@@ -161,8 +168,47 @@ def setup(experiment: str = "") -> str:
                              f"{str(exc).splitlines()[0] if str(exc) else ''}): set MLFLOW_TRACKING_URI "
                              "to a reachable store, e.g. sqlite:///mlflow.db") from exc
     mlflow.set_experiment(experiment_id=experiment_id)
-    _SESSION.experiment_id = experiment_id
+    _SESSION.experiment_id, _SESSION.experiment = experiment_id, experiment
+    _SESSION.sections = {(uri, ""): experiment_id}
     return experiment_id
+
+
+def _ensure_experiment(base: str, section: str) -> str:
+    """The id of the experiment of ``section`` for the study's experiment ``base``, created and described once."""
+    uri = tracking_uri()
+    name = section_experiment(base, section)
+    with sqlite_lock(uri):
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(name)
+        experiment_id = found.experiment_id if found else _create_experiment(client, name)
+        describe_experiment(client, experiment_id, found.tags if found else {}, section, base)
+    return experiment_id
+
+
+def _section_experiment(kind: str) -> str:
+    """The id of the experiment that holds runs of ``kind`` (:func:`tracking.names.experiment_for`)."""
+    if _SESSION.experiment is None:
+        setup()
+    key = (tracking_uri(), section_of(kind))
+    if key not in _SESSION.sections:
+        _SESSION.sections[key] = _ensure_experiment(_SESSION.experiment, key[1])
+    return _SESSION.sections[key]
+
+
+def experiment_ids(base: str, kind: str | None = None) -> list[str]:
+    """Ids of the existing experiments that may hold runs of ``kind`` (None: any kind) for ``base``.
+
+    The kind's own experiment first, then the study's experiment itself, which held every kind before
+    the runs were split by kind (older stores keep being read).
+    """
+    client = MlflowClient(tracking_uri())
+    sections = [section_of(kind), ""] if kind is not None else list(SECTIONS)
+    ids = []
+    for section in dict.fromkeys(sections):
+        found = client.get_experiment_by_name(section_experiment(base, section))
+        if found is not None and found.lifecycle_stage == "active" and found.experiment_id not in ids:
+            ids.append(found.experiment_id)
+    return ids
 
 
 def _create_experiment(client: MlflowClient, name: str) -> str:
@@ -183,31 +229,63 @@ def _create_experiment(client: MlflowClient, name: str) -> str:
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 """The MLflow UI opens an experiment with this tag in its model-training view, not the GenAI one."""
 NOTE_TAG = "mlflow.note.content"
-EXPERIMENT_DESCRIPTION = (
-    "strokelens: ischemic-stroke lesion segmentation benchmark. Runs by kind (tag strokelens.kind): search "
-    "(one per search invocation) with its nested trials (hyper-parameters, per-epoch val_dice, checkpoints, "
-    "system metrics), export (ONNX + registry), evaluate (per architecture and clinical rule, per-case "
-    "tables), explain (LRP methods x filters) and report (the leaderboard). Filter a study with "
-    "tags.strokelens.study = '<study>'.")
+TAG_BASE_EXPERIMENT = "strokelens.experiment_base"
+"""On each section experiment: the study's experiment it belongs to.
+
+The descriptions name placeholders in capitals (``search-STUDY``): the MLflow UI renders a note as
+Markdown, where ``<study>`` would vanish as an HTML tag."""
+_LINKS = ("Each run's kind is its tag strokelens.kind. Runs link across the experiments by tags: strokelens.study, "
+          "strokelens.model_run (the trial run) and strokelens.architecture; filter a study with "
+          "tags.strokelens.study = 'STUDY'.")
+SECTION_DESCRIPTIONS = {
+    "": ("strokelens: ischemic-stroke lesion segmentation benchmark, the training runs. Each search-STUDY run is "
+         "one search invocation (its best trial as study_best_* metrics) with one nested trial-NNN-ARCHITECTURE "
+         "run per Optuna trial: hyper-parameters, per-epoch train_loss/val_dice (step = epoch), best_val_dice, "
+         "checkpoints, system metrics and the split as dataset input. folds-STUDY holds the cross-validation "
+         "fold models, export-RUN the ONNX models registered as strokelens-segmenter. Evaluations, explanations "
+         "and reports are in the experiments {base}-evaluation, {base}-explanations and {base}-report. "),
+    "evaluation": ("strokelens: the evaluations of {base}. Each evaluate-STUDY run has one nested "
+                   "evaluation-ARCHITECTURE run per architecture (its best trial, tag strokelens.model_run) and "
+                   "one clinical-rule-RULE run per threshold rule: Dice, HD95, ASSD, lesion F1, volume difference "
+                   "(mean and sd over the validation cases), robustness and latency, with per-case cases.csv; the "
+                   "report logs each row's leaderboard rank back as the metric rank. "),
+    "explanations": ("strokelens: the LRP explanations of {base}'s models. Each explain-ARCHITECTURE-RUN run "
+                     "explains one model (its trial run in strokelens.model_run) with one nested "
+                     "ARCHITECTURE-METHOD run per method: the unfiltered metrics, the best filter's as "
+                     "best_filter/METRIC, every filter in filters.json, relevance NIfTI and PNG per case; the "
+                     "report logs rank, rank_raw and architecture_rank back, so methods compare across models. "),
+    "reproduction": ("strokelens: the study's experiments on {base}'s models (dilution, lesion-like defects, "
+                     "relevance amplitude, filter comparison, overlays): one experiments-STUDY run with one "
+                     "nested experiment-NAME run each. "),
+    "report": ("strokelens: the leaderboard reports of {base}'s studies. Each report-STUDY run holds "
+               "leaderboard.html (open it from the run's artifacts), its tables and figures. "),
+}
+EXPERIMENT_DESCRIPTION = SECTION_DESCRIPTIONS[""]
 
 
-def describe_experiment(client: MlflowClient, experiment_id: str, tags: dict) -> None:
+def describe_experiment(client: MlflowClient, experiment_id: str, tags: dict, section: str = "",
+                        base: str = "strokelens") -> None:
     """Set the experiment's view (model training) and its description, unless the user already set them."""
     if EXPERIMENT_KIND_TAG not in tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if not tags.get(NOTE_TAG):
-        client.set_experiment_tag(experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
+        client.set_experiment_tag(experiment_id, NOTE_TAG, SECTION_DESCRIPTIONS[section].format(base=base) + _LINKS)
+    if section and TAG_BASE_EXPERIMENT not in tags:
+        client.set_experiment_tag(experiment_id, TAG_BASE_EXPERIMENT, base)
 
 
-def default_experiment() -> str:
-    """Under ``mlflow run`` the project run's experiment (where its stages log), else ``strokelens``."""
+def default_experiment(fallback: str = DEFAULT_EXPERIMENT) -> str:
+    """Under ``mlflow run`` the study's experiment of the project run's experiment, else ``fallback``.
+
+    ``fallback`` is the profile's experiment (:mod:`benchmark.training.profiles`), ``strokelens`` by default.
+    """
     session = _take_project_run()
     if session.project_experiment:
         try:
-            return experiment_name(session.project_experiment)
+            return base_experiment(experiment_name(session.project_experiment))
         except Exception:
-            return DEFAULT_EXPERIMENT
-    return DEFAULT_EXPERIMENT
+            return fallback
+    return fallback
 
 
 def experiment_name(experiment_id: str) -> str:
@@ -240,14 +318,29 @@ def _stage_run(kind: str, name: str, params: dict, tags: dict) -> Iterator[mlflo
     (:func:`_take_project_run`); the name is also set as a tag, so that run gets it too.
     """
     session = _take_project_run()
+    target = _section_experiment(kind)
     adopt = (session.project_run is not None and not session.project_run_adopted
-             and session.project_experiment == session.experiment_id)
+             and session.project_experiment == target)
     if adopt:
         session.project_run_adopted = True
-    with mlflow.start_run(run_id=session.project_run if adopt else None, run_name=None if adopt else name) as run:
+        start = {"run_id": session.project_run}
+    else:
+        start = {"run_name": name, "experiment_id": target}
+    with mlflow.start_run(**start) as run:
         mlflow.set_tags({TAG_KIND: kind, "mlflow.runName": name, **context_tags(), **tags})
         log_params_once(params)
+        if session.project_run is not None and not session.project_run_adopted:
+            _point_project_run(session.project_run, run.info.run_id, target)
         yield run
+
+
+def _point_project_run(project_run: str, run_id: str, experiment_id: str) -> None:
+    """Note on the run ``mlflow run`` started, when a stage logs to another experiment, where the stage's run is."""
+    client = MlflowClient(tracking_uri())
+    with contextlib.suppress(Exception):
+        client.set_tag(project_run, "strokelens.stage_run", run_id)
+        client.set_tag(project_run, NOTE_TAG, f"This stage logged its run {run_id} in the experiment "
+                       f"'{experiment_name(experiment_id)}' (runs are grouped by kind, see tracking.names).")
 
 
 @contextlib.contextmanager
@@ -256,7 +349,9 @@ def _nested_run(kind: str, name: str, params: dict, tags: dict, system_metrics: 
     """A nested run of kind ``kind`` under the active run, with its tags, parameters and optionally system metrics."""
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    with mlflow.start_run(run_name=name, nested=True, log_system_metrics=system_metrics) as run:
+    parent = mlflow.active_run()
+    with mlflow.start_run(run_name=name, nested=True, log_system_metrics=system_metrics,
+                          experiment_id=parent.info.experiment_id if parent else None) as run:
         mlflow.set_tags({TAG_KIND: kind, **context_tags(), **tags})
         mlflow.log_params(params)
         yield run
@@ -293,14 +388,17 @@ def set_state(state: str) -> None:
 
 
 def log_epoch(row: dict) -> None:
-    """Log one epoch's metrics (``train_loss``, ``val_dice``, …) at ``step = epoch``."""
-    metrics = {k: float(v) for k, v in row.items() if k != "epoch"}
-    mlflow.log_metrics(metrics, step=int(row["epoch"]))
+    """Log one epoch's metrics (``train_loss``, ``val_dice``, …) at ``step = epoch``; NaN values are left out."""
+    metrics = finite({k: v for k, v in row.items() if k != "epoch"})
+    if metrics:
+        mlflow.log_metrics(metrics, step=int(row["epoch"]))
 
 
 def log_summary(metrics: dict) -> None:
-    """Log final values (no step) on the active run."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    """Log final values (no step) on the active run; NaN and ±inf are left out (a metric that does not apply)."""
+    finite_metrics = finite(metrics)
+    if finite_metrics:
+        mlflow.log_metrics(finite_metrics)
 
 
 def log_checkpoint(checkpoint: Path, preprocess: dict) -> None:
@@ -333,7 +431,7 @@ def log_best_trial(run_id: str, number: int, params: dict, metrics: dict) -> Non
     the two never share a chart; NaN values are left out.
     """
     mlflow.set_tag(TAG_BEST_RUN, run_id)
-    mlflow.log_metrics({f"{PARENT_BEST_PREFIX}{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))})
+    mlflow.log_metrics({f"{PARENT_BEST_PREFIX}{k}": v for k, v in finite(metrics).items()})
     mlflow.log_dict({"run_id": run_id, "trial": number, "params": params, "metrics": metrics},
                     "best_trial.json")
 
@@ -460,16 +558,24 @@ def log_explanation(raw: dict | None, best_filter: str = "", best: dict | None =
         mlflow.log_table(table.astype(object).where(table.notna(), None), artifact_file=FILTER_TABLE)
 
 
-def log_ranks(ranks: dict[str, dict[str, float]]) -> None:
-    """Log ranks (``{run id: {"rank": 1.0, …}}``) onto finished runs, e.g. the report's onto explanation runs."""
-    from mlflow.entities import Metric
+TAG_RANKED_BY = "strokelens.ranked_by"
+"""On a ranked run: the report run whose ranks it holds."""
+
+
+def log_ranks(ranks: dict[str, dict[str, float]], tags: dict[str, str] | None = None) -> None:
+    """Log ranks (``{run id: {"rank": 1.0, …}}``) onto finished runs, e.g. the report's onto explanation runs.
+
+    Each value is logged at step 0 with the time of this call, so the newest report's rank is the run's
+    value; non-finite values are left out; ``tags`` are set on every run ranked.
+    """
+    from mlflow.entities import Metric, RunTag
 
     client = MlflowClient(tracking_uri())
     now = int(time.time() * 1000)
     for run_id, values in ranks.items():
         metrics = [Metric(key, value, now, 0) for key, value in finite(values).items()]
         if metrics:
-            client.log_batch(run_id, metrics=metrics)
+            client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
 def log_artifacts(paths: list[Path], folder: str) -> None:

@@ -31,7 +31,8 @@ data without evidence maps only ``faithfulness`` and ``relevance_rank_accuracy``
 Runs: an explain run (one per explained model) has one nested run per method with every filter's
 means in its ``filters.json`` table (:data:`tracking.runs.FILTER_TABLE`); the report reads those
 tables (and the older layout of one run per method × filter) and logs each row's rank back onto
-its method run (:func:`explanation_ranks`).
+its method run (:func:`explanation_ranks`), and each architecture row's rank onto its evaluation,
+clinical-rule and trial runs (:func:`leaderboard_ranks`).
 """
 
 from __future__ import annotations
@@ -457,4 +458,33 @@ def explanation_ranks(table: pd.DataFrame) -> dict[str, dict[str, float]]:
         if len(raw):
             out["rank_raw"] = float(raw.iloc[0])
         ranks[str(run_id)] = out
+    return ranks
+
+
+def leaderboard_ranks(architectures: pd.DataFrame, explanations: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per run the report ranks, the ranks it logs back onto that run as metrics (so the MLflow UI sorts by them).
+
+    * an evaluation or clinical-rule run: ``rank``, its row's place in the architecture table (1 is best);
+    * a network row's trial run: ``leaderboard_rank``, the same place (the trials table then shows which
+      trial of each architecture the leaderboard uses);
+    * an explanation (method) run: ``rank`` and ``rank_raw`` within its model (:func:`explanation_ranks`)
+      and ``architecture_rank``, its architecture's place in the architecture table, so one LRP variant
+      compares across models.
+    """
+    ranks: dict[str, dict[str, float]] = {}
+    by_architecture: dict[str, float] = {}
+    for row in architectures.itertuples() if not architectures.empty else ():
+        rank = float(row.rank)
+        if row.source == "evaluation" and isinstance(row.run_id, str) and row.run_id:
+            ranks.setdefault(row.run_id, {})["rank"] = rank
+        if row.kind == "network":
+            by_architecture[row.name] = rank
+            if isinstance(row.trial_run, str) and row.trial_run:
+                ranks.setdefault(row.trial_run, {})["leaderboard_rank"] = rank
+    if not explanations.empty:
+        for run_id, values in explanation_ranks(explanations).items():
+            ranks.setdefault(run_id, {}).update(values)
+        for run_id, architecture in zip(explanations["run_id"], explanations["architecture"]):
+            if architecture in by_architecture:
+                ranks.setdefault(str(run_id), {})["architecture_rank"] = by_architecture[architecture]
     return ranks

@@ -261,7 +261,8 @@ def _rules(explanations: pd.DataFrame) -> list[str]:
             "The heatmap over method × architecture compares the unfiltered methods across architectures (mean ± sd "
             "over the explained cases, n in each cell); ranks are not compared across architectures, since each "
             "model has its own rows. Each explanation run in MLflow carries its rank (`rank`: its best row, "
-            "`rank_raw`: its unfiltered row) after the report.",
+            "`rank_raw`: its unfiltered row, `architecture_rank`: its model's place in the architecture table) after "
+            "the report, and each evaluation and clinical-rule run its architecture-table `rank`.",
         ]
     lines.append("Every row names the MLflow run its numbers come from (open it with `mlflow ui`).")
     return lines

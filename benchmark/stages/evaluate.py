@@ -41,6 +41,7 @@ from benchmark.evaluation.robustness import (
 )
 from benchmark.training.folds import best_trials, fold_models, load_fold_models
 from benchmark.training.loop import load_model
+from benchmark.training.profiles import experiment_of
 from benchmark.training.search import DEFAULT_CHECKPOINTS, split_file, study_split
 from inferers import SlidingWindow
 from tracking import model_registry
@@ -104,8 +105,8 @@ def evaluate_study(study: str, experiment: str = "", data: str | Path = "", repe
 
     if repeats < 1:
         raise ParameterError(f"repeats must be at least 1 (got {repeats})")
+    experiment = experiment or tracking.default_experiment(experiment_of(study))
     tracking.setup(experiment)
-    experiment = experiment or tracking.default_experiment()
     store = Store(experiment)
     searches = store.runs("search", study)
     if not searches:

@@ -56,6 +56,7 @@ from benchmark.reporting import experiment_charts as charts
 from benchmark.stages.data import model_split
 from benchmark.stages.explanations import _chosen_cases as chosen_cases
 from benchmark.training.loop import TrainConfig, fit, load_model
+from benchmark.training.profiles import experiment_of
 from explain.assessment import explain_case
 from explain.attribution import REFERENCE_LRP, is_lrp, unsupported
 from explain.attribution import methods as all_methods
@@ -217,8 +218,8 @@ def run_experiments(model: str = "", data: str | Path = "", cases: int | Sequenc
     if unknown or not which:
         raise ParameterError((f"experiment '{unknown[0]}' is unknown" if unknown else "no experiment chosen")
                              + f": choose from {', '.join(EXPERIMENTS)}")
+    experiment = experiment or tracking.default_experiment(experiment_of(study))
     tracking.setup(experiment)
-    experiment = experiment or tracking.default_experiment()
     if not model and study:
         model = _best_trial(study, experiment)
     checkpoint, preprocess, model_run = model_registry.resolve_model(model, experiment)

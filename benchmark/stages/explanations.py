@@ -51,6 +51,7 @@ from benchmark.paths import check_writable
 from benchmark.reporting.leaderboard import key_metrics, rank_rows
 from benchmark.stages.data import model_split
 from benchmark.training.loop import load_model
+from benchmark.training.profiles import experiment_of
 from benchmark.training.studies import worker_alive, worker_identity
 from explain.assessment import explain_case
 from explain.attribution import methods as all_methods
@@ -194,8 +195,11 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         raise ParameterError(f"heavy '{heavy}' is unknown: choose from {', '.join(HEAVY_CHOICES)}")
     check_writable(out, "explanations folder")
     tracking.setup(experiment)
-    experiment = experiment or tracking.default_experiment()
+    given, experiment = experiment, experiment or tracking.default_experiment()
     checkpoint, preprocess, model_run = model_registry.resolve_model(model, experiment)
+    if not given and tracking.study_of(model_run):  # a model of a study: its profile's experiment (smoke's, …)
+        experiment = tracking.default_experiment(experiment_of(tracking.study_of(model_run)))
+        tracking.setup(experiment)
     config = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
     split = split or model_split(model_run, checkpoint)
     if data:
@@ -321,8 +325,9 @@ def best_models(study: str = "", experiment: str = "", architectures: Sequence[s
     Raises:
         ParameterError: no search in the experiment, or an architecture without such a trial in the study.
     """
+    experiment = experiment or tracking.default_experiment(experiment_of(study) if study
+                                                           else tracking.DEFAULT_EXPERIMENT)
     tracking.setup(experiment)
-    experiment = experiment or tracking.default_experiment()
     store = Store(experiment)
     if not study:
         studies = store.studies()

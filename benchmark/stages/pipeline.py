@@ -96,7 +96,8 @@ def run_pipeline(search: SearchSettings, synthetic_cases: int | None = None, dat
     evaluation = explanation = None
     other_explanations: list[ExplanationResult] = []
     if found.best_run_id:  # else no trial finished: report what the pruned ones show
-        evaluation = evaluate_study(found.study, found.experiment, data.folder, seed=search.seed, split=found.split)
+        evaluation = evaluate_study(found.study, found.experiment, data.folder, repeats=search.profile.latency_repeats,
+                                    seed=search.seed, split=found.split)
         say(evaluation.line())
         explanation = explain_model(found.best_run_id, data.folder, explain_methods, explain_filters, explain_cases,
                                     found.experiment, seed=search.seed, split=found.split)

@@ -3,9 +3,11 @@
 Reads the study's search, trials, evaluation and explanations from MLflow, writes
 ``<out>/<study>/leaderboard.html`` (self-contained), ``leaderboard.md``, the tables as CSV and the
 figures, adds the study's saved split (``split.json``: which cases the validation figures are
-computed on), and logs them as artifacts of a ``report-<study>`` run. Each explanation run it ranks
-gets its rank back as metrics (``rank``, ``rank_raw``:
-:func:`benchmark.reporting.leaderboard.explanation_ranks`). An evaluation made on another split
+computed on), and logs them as artifacts of a ``report-<study>`` run. Each run it ranks gets its
+rank back as metrics (:func:`benchmark.reporting.leaderboard.leaderboard_ranks`: ``rank`` on the
+evaluation, clinical-rule and explanation runs, ``rank_raw`` and ``architecture_rank`` on the
+explanation runs, ``leaderboard_rank`` on each architecture's trial) and the tag
+``strokelens.ranked_by`` naming the report run. An evaluation made on another split
 than the study's is named among the missing pieces. The exit status is non-zero only when there
 is nothing to report.
 """
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from benchmark.data.splits import SPLIT_FILE, Split
 from benchmark.errors import DataError
-from benchmark.reporting.leaderboard import explanation_ranks
+from benchmark.reporting.leaderboard import leaderboard_ranks
 from benchmark.reporting.report import build_report
+from benchmark.training.profiles import experiment_of
 from benchmark.training.search import DEFAULT_CHECKPOINTS, study_split
 from tracking import runs as tracking
 from tracking.records import Store
@@ -77,7 +80,7 @@ def report_study(study: str, experiment: str = "", out: str | Path = "reports",
     Raises:
         DataError: there is nothing to report.
     """
-    experiment = experiment or tracking.default_experiment()
+    experiment = experiment or tracking.default_experiment(experiment_of(study))
     report = build_report(study, experiment, out)  # before setup, which would create the experiment
     store = Store(experiment)
     missing = list(report.missing)
@@ -97,7 +100,7 @@ def report_study(study: str, experiment: str = "", out: str | Path = "reports",
         tracking.log_artifacts([p for p in files if p.parent != report.folder], "report/figures")
         tracking.log_summary({"architectures": len(report.architectures), "explanations": len(report.explanations),
                               "missing": len(missing)})
-    if not report.explanations.empty:
-        tracking.log_ranks(explanation_ranks(report.explanations))
+    tracking.log_ranks(leaderboard_ranks(report.architectures, report.explanations),
+                       {tracking.TAG_RANKED_BY: parent.info.run_id})
     return ReportResult(report.folder, parent.info.run_id, len(report.architectures), len(report.explanations),
                         missing, split.digest if split is not None else "")

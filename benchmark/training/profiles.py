@@ -21,6 +21,16 @@ trains the study's network (``unet3d_reference``) with the study's settings, rea
 * batch size: 1 (``config.json:16``); input grid 48×48×19 (``config.json:22``).
 
 Epochs are not among the published settings (the shipped ``config.json:17`` says 2); the profile keeps 100.
+
+``smoke`` is the newcomer's first run, about 2 minutes of the whole pipeline on a 2-core CPU
+(``python -m mlproject.main --profile smoke``): two families at width 0.125 for 3 epochs, one
+validation case explained by two LRP variants and the random floor, unfiltered. It has its own study
+(``smoke``) and experiments (``strokelens-smoke``, ``strokelens-smoke-evaluation``, …), so it never
+mixes with ``make run``'s.
+
+A profile carries the study and the MLflow experiment its runs go to by default (``--study`` and
+``--experiment`` override them); :func:`experiment_of` gives a study's default experiment to the
+stages that are called with a study only (evaluate, report, experiments).
 """
 
 from __future__ import annotations
@@ -65,6 +75,13 @@ class Profile:
             15 minutes on a 2-core CPU, where each extra fold costs one more full training per architecture
             (5 families × 24 epochs); ``paper`` uses nnU-Net's 5.
         repeats: R trainings of each fold with seeds derived from the study's seed (1: no repeats).
+        study: the study's name when ``--study`` is not given.
+        experiment: the MLflow experiment (the study's; its sections are named after it,
+            :func:`tracking.names.experiment_for`) when ``--experiment`` is not given.
+        explain_methods: the methods ``mlproject.main`` explains the champion with (None: all).
+        explain_filters: its filters (None: the pipeline's default, raw and the study's strongest pass).
+        explain_cases: validation cases explained.
+        latency_repeats: timed repeats of each latency in the evaluation.
     """
 
     name: str
@@ -87,6 +104,12 @@ class Profile:
     cover: bool = False
     folds: int = 1
     repeats: int = 1
+    study: str = "strokelens"
+    experiment: str = "strokelens"
+    explain_methods: tuple[str, ...] | None = None
+    explain_filters: tuple[str, ...] | None = None
+    explain_cases: int = 2
+    latency_repeats: int = 5
 
 
 SEARCHED: tuple[str, ...] = tuple(a for a in available() if a != "unet3d_reference")
@@ -109,14 +132,30 @@ PROFILES: dict[str, Profile] = {
         patience=0, warmup=10**6, folds=5, losses=("ce",), augmentation="study",
         fixed={"architecture": "unet3d_reference", "width": 1.0, "lr": 2e-4, "weight_decay": 0.0,
                "loss": "ce", "augment": 0.9}),
+    "smoke": Profile(
+        name="smoke", trials=2, epochs=3, architectures=("unet3d", "segresnet3d"), widths=(0.125,),
+        patience=0, warmup=10**6, cover=True, study="smoke", experiment="strokelens-smoke",
+        first={"architecture": "unet3d", "width": 0.125, "lr": 3e-3, "weight_decay": 1e-5,
+               "loss": "dice_ce", "augment": 0.5},
+        explain_methods=("lrp_epsilon", "lrp_zplus", "random"), explain_filters=("raw",), explain_cases=1,
+        latency_repeats=2),
 }
+
+DEFAULT_PROFILE = "default"
+DEFAULT_STUDY = PROFILES[DEFAULT_PROFILE].study
+"""The study of the commands that take a study and no profile (evaluate, report, experiments)."""
+
+
+def experiment_of(study: str) -> str:
+    """The default MLflow experiment of a study: the experiment of the profile whose study it is, else the default's."""
+    return next((p.experiment for p in PROFILES.values() if p.study == study), PROFILES[DEFAULT_PROFILE].experiment)
 
 
 def resolve_profile(name: str, device: torch.device) -> Profile:
     """The profile called ``name``; ``default`` becomes ``gpu`` when training on CUDA."""
     if name not in PROFILES:
         raise ParameterError(f"profile '{name}' is unknown: choose one of {', '.join(PROFILES)}")
-    if name == "default" and device.type == "cuda":
+    if name == DEFAULT_PROFILE and device.type == "cuda":
         return PROFILES["gpu"]
     return PROFILES[name]
 

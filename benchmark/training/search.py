@@ -376,7 +376,8 @@ def run_search(s: SearchSettings) -> SearchResult:
 
     device = resolve_device(s.device)
     preprocess = PreprocessConfig(grid=s.profile.grid)
-    experiment = tracking.experiment_name(tracking.setup(s.experiment))
+    experiment = tracking.experiment_name(tracking.setup(s.experiment or
+                                                         tracking.default_experiment(s.profile.experiment)))
     split, path = _the_study_split(s, experiment, tuple(preprocess.modalities))
     train_refs, val_refs = split.resolve(s.data)
     cache = PreprocessCache(preprocess, s.cache)
@@ -439,7 +440,8 @@ def study_result(study: optuna.Study, parent_run_id: str, experiment: str, split
 
 def result_after_workers(s: SearchSettings) -> SearchResult:
     """The study's result once its workers have finished (no new MLflow run: each worker logged its own)."""
-    experiment = tracking.experiment_name(tracking.setup(s.experiment))
+    experiment = tracking.experiment_name(tracking.setup(s.experiment or
+                                                         tracking.default_experiment(s.profile.experiment)))
     split, path = _the_study_split(s, experiment, tuple(PreprocessConfig(grid=s.profile.grid).modalities))
     study = optuna.load_study(study_name=s.study, storage=open_storage(s.storage))
     return study_result(study, "", experiment, split, path)
