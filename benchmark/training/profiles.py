@@ -21,6 +21,12 @@ trains the study's network (``unet3d_reference``) with the study's settings, rea
 * batch size: 1 (``config.json:16``); input grid 48×48×19 (``config.json:22``).
 
 Epochs are not among the published settings (the shipped ``config.json:17`` says 2); the profile keeps 100.
+
+Preprocessing: ``default`` and ``paper`` train the study's ``seed`` grid (``paper`` reproduces the study
+exactly; native patches at about 1.7×1.7×4.8 mm cost about ten times the voxels per step of the 48×48×19
+grid, which no longer fits ``make run``'s 15 minutes on 2 CPU cores); ``gpu`` trains in ``native`` mode
+(the data set's plan, patches, sliding windows) with ``spatial`` augmentation. ``--preprocessing`` chooses
+per study (:func:`with_preprocessing`).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class Profile:
             15 minutes on a 2-core CPU, where each extra fold costs one more full training per architecture
             (5 families × 24 epochs); ``paper`` uses nnU-Net's 5.
         repeats: R trainings of each fold with seeds derived from the study's seed (1: no repeats).
+        preprocessing: ``seed`` (the study's grid) or ``native`` (the data set's plan; :func:`with_preprocessing`).
     """
 
     name: str
@@ -87,6 +94,7 @@ class Profile:
     cover: bool = False
     folds: int = 1
     repeats: int = 1
+    preprocessing: str = "seed"
 
 
 SEARCHED: tuple[str, ...] = tuple(a for a in available() if a != "unet3d_reference")
@@ -101,7 +109,7 @@ PROFILES: dict[str, Profile] = {
                "loss": "dice_ce", "augment": 0.5}),
     "gpu": Profile(
         name="gpu", trials=20, epochs=150, architectures=SEARCHED, widths=(0.5, 1.0),
-        lr=(1e-4, 3e-3), batch_size=4, patience=25, warmup=15, cover=True,
+        lr=(1e-4, 3e-3), batch_size=4, patience=25, warmup=15, cover=True, preprocessing="native",
         first={"architecture": "unet3d", "width": 1.0, "lr": 1e-3, "weight_decay": 1e-5,
                "loss": "dice_ce", "augment": 0.5}),
     "paper": Profile(
@@ -175,3 +183,24 @@ def with_training(profile: Profile, loss: str = "", augmentation: str = "") -> P
                                  "(or auto: the profile's)")
         changes["augmentation"] = augmentation
     return dataclasses.replace(profile, **changes) if changes else profile
+
+
+def with_preprocessing(profile: Profile, mode: str = "") -> Profile:
+    """The profile in preprocessing ``mode`` (empty or ``auto``: the profile's own).
+
+    In ``native`` mode a profile's ``flips`` augmentation becomes ``spatial`` (rotation and zoom in the slice
+    plane, then the same flips: :class:`benchmark.training.loop.Augmenter`), nnU-Net's augmentation of
+    patches; ``--augmentation`` still chooses any kind afterwards (:func:`with_training`).
+
+    Raises:
+        ParameterError: an unknown mode.
+    """
+    from benchmark.data.preprocessing import MODES
+
+    mode = (mode or "auto").strip()
+    if mode == "auto":
+        mode = profile.preprocessing
+    if mode not in MODES:
+        raise ParameterError(f"preprocessing '{mode}' is unknown: choose {', '.join(MODES)} (or auto: the profile's)")
+    augmentation = "spatial" if mode == "native" and profile.augmentation == "flips" else profile.augmentation
+    return dataclasses.replace(profile, preprocessing=mode, augmentation=augmentation)
