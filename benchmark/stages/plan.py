@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.data.defaults import DEFAULT_DATA, ensure_default_data
@@ -20,7 +20,6 @@ class PlanResult:
 
     plan: Plan
     path: Path
-    summary: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """What the command line prints."""
