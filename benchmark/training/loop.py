@@ -481,6 +481,8 @@ class FitResult:
     seconds_per_epoch: float
     best_checkpoint: Path | None
     stopped_early: bool
+    out_of_time: bool = False
+    """The deadline stopped training before its last epoch (a budget cut, not early stopping)."""
 
 
 def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequence[PreparedCase],
@@ -549,7 +551,7 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
                 sampler.generator.set_state(torch.tensor(extra["rng"]["patches"], dtype=torch.uint8))
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     best_path = folder / "best.pt" if folder is not None else None
-    stopped = False
+    stopped = out_of_time = False
     bar = tqdm(range(start_epoch, config.epochs), desc="epochs", unit="epoch", disable=not progress,
                leave=False)
     for epoch in bar:
@@ -572,8 +574,9 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
         bar.set_postfix(loss=f"{train_loss:.3f}", dice=f"{means['val_dice']:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if stopper.should_stop(epoch) or (deadline is not None and time.monotonic() > deadline):
-            stopped = True
+        early = stopper.should_stop(epoch)
+        if early or (deadline is not None and time.monotonic() > deadline):
+            stopped, out_of_time = True, not early and epoch + 1 < config.epochs
             break
     seconds = float(np.mean([r["epoch_seconds"] for r in history])) if history else 0.0
-    return FitResult(stopper.best, stopper.best_epoch, history, seconds, best_path, stopped)
+    return FitResult(stopper.best, stopper.best_epoch, history, seconds, best_path, stopped, out_of_time)

@@ -48,7 +48,7 @@ from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLI
 from benchmark.errors import DataError, ParameterError
 from benchmark.figures import overlay_figures
 from benchmark.paths import check_name, check_writable
-from benchmark.training.budgets import FamilyPruner, enqueue_cover, is_cover, stop_after
+from benchmark.training.budgets import CUT_ATTR, FamilyPruner, enqueue_cover, is_cover, stop_after
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
 from benchmark.training.studies import (
@@ -353,6 +353,10 @@ class Objective:
                              progress=self.s.progress, preprocess=self.preprocess)
             except optuna.TrialPruned as exc:
                 pruned = exc
+            if pruned is None and result.out_of_time:  # fewer epochs than its budget: not a complete trial
+                trial.set_user_attr(CUT_ATTR, len(result.history))
+                pruned = optuna.TrialPruned(f"cut by the time budget after {len(result.history)} of "
+                                            f"{config.epochs} epochs")
             self._log_best(folder)
             history = rows if pruned is not None else result.history  # a resumed fit knows earlier epochs
             if history:
