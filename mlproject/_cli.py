@@ -161,6 +161,11 @@ def add_search_arguments(parser: argparse.ArgumentParser, data: bool = True, see
                         "architecture's best trial is trained on the other folds (default auto: the profile's)")
     parser.add_argument("--repeats", type=auto_int, default=None,
                         help="R trainings of each fold with seeds derived from --seed (default auto: the profile's)")
+    parser.add_argument("--preprocessing", default="auto", help="seed (whole volumes at the study's 48x48x19 grid) "
+                        "or native (the data set's plan: target spacing, patches, sliding windows); auto: the "
+                        "profile's (gpu: native)")
+    parser.add_argument("--plan", default="", help="native: the plan.json to use (python -m mlproject.plan); "
+                        "empty: the study's saved plan, else one made from the data")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the best trials")
     parser.add_argument("--top-k", type=int, default=1, help="export the k best trials of the study (the best "
                         "becomes the champion)")
@@ -172,11 +177,12 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
     """Validated :class:`~benchmark.training.search.SearchSettings` from the flags, before any run."""
     from benchmark.data.defaults import DEFAULT_DATA
     from benchmark.training.loop import resolve_device
-    from benchmark.training.profiles import resolve_profile, restrict, with_training
+    from benchmark.training.profiles import resolve_profile, restrict, with_preprocessing, with_training
     from benchmark.training.search import SearchSettings
 
     profile = restrict(resolve_profile(args.profile, resolve_device(args.device)),
                        split_list(args.architectures), split_list(args.widths))
+    profile = with_preprocessing(profile, args.preprocessing)
     profile = with_training(profile, args.loss.strip(), args.augmentation.strip())
     return SearchSettings(data=Path(args.data) if args.data else DEFAULT_DATA,
                           trials=profile.trials if args.trials is None else args.trials,
@@ -187,4 +193,5 @@ def search_settings(args: argparse.Namespace) -> SearchSettings:
                           time_budget=profile.time_budget if args.time_budget < 0 else (args.time_budget or None),
                           val_fraction=args.val_fraction, split_seed=args.split_seed,
                           folds=profile.folds if args.folds is None else args.folds,
-                          repeats=profile.repeats if args.repeats is None else args.repeats)
+                          repeats=profile.repeats if args.repeats is None else args.repeats,
+                          preprocessing=profile.preprocessing, plan=Path(args.plan) if args.plan.strip() else None)

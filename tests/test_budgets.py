@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 import benchmark.training.search as search
-from benchmark.training.budgets import COVER, PHASE_ATTR, FamilyPruner, cover_waiting, is_cover, stop_after
+from benchmark.training.budgets import COVER, CUT_ATTR, PHASE_ATTR, FamilyPruner, cover_waiting, is_cover, stop_after
 from benchmark.training.profiles import Profile
 
 PROFILE = Profile(name="tiny", trials=2, epochs=2, architectures=("unet3d", "segresnet3d", "resunet3d"),
@@ -98,3 +98,18 @@ def test_cover_trials_train_every_epoch_whatever_the_time_budget(isles_dir, tmp_
     assert [t.params["architecture"] for t in cover] == ["unet3d", "segresnet3d"]
     assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in cover)
     assert len(trials) == 2  # the budget had run out: no trial after the cover phase started
+
+
+def test_a_trial_the_time_budget_cuts_short_is_pruned_not_complete(isles_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    profile = dataclasses.replace(PROFILE, architectures=("unet3d",), grid=(16, 16, 8), epochs=3, patience=0,
+                                  warmup=0, time_budget=0.001, cover=False)
+    settings = search.SearchSettings(data=isles_dir, trials=1, epochs=3, study="s", storage=f"sqlite:///{tmp_path}/o.db",
+                                     experiment="e", seed=0, device="cpu", profile=profile,
+                                     checkpoints=tmp_path / "ckpt", cache=None, progress=False,
+                                     time_budget=profile.time_budget)
+    search.run_search(settings)
+    (trial,) = optuna.load_study(study_name="s", storage=settings.storage).get_trials()
+    assert trial.state == TrialState.PRUNED and trial.user_attrs[CUT_ATTR] == 1
+    assert len(trial.intermediate_values) == 1  # one epoch of three before the budget ran out

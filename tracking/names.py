@@ -33,15 +33,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluation": ("evaluate", "evaluation", "clinical_rule"),
     "explanations": ("explain", "explanation"),
     "reproduction": ("experiments", "experiment"),
+    "resolution": ("resolution", "resolution_setting"),
     "report": ("report",),
 }
 """Which experiment each run kind (tag ``strokelens.kind``) lives in: the section's suffix → its kinds.
 
 The study's experiment (the name the user gives, e.g. ``strokelens``) holds the searches, their trials,
-the cross-validation folds and the exports; evaluations, explanations, the study's experiments and the
-reports each have their own, named ``<experiment>-<section>`` (``strokelens-evaluation``, …), so that
-each runs table shows runs that belong together. Runs link across them by tags (study, trial run,
-architecture)."""
+the cross-validation folds and the exports; evaluations, explanations, the study's experiments, the
+resolution studies and the reports each have their own, named ``<experiment>-<section>``
+(``strokelens-evaluation``, …), so that each runs table shows runs that belong together. Runs link
+across them by tags (study, trial run, architecture)."""
 
 
 def section_of(kind: str) -> str:

@@ -579,9 +579,9 @@ def log_ranks(ranks: dict[str, dict[str, float]], tags: dict[str, str] | None = 
 
 
 def log_artifacts(paths: list[Path], folder: str) -> None:
-    """Log files under an artifact folder of the active run."""
+    """Log files under an artifact folder of the active run (``""``: its root)."""
     for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        mlflow.log_artifact(str(path), artifact_path=folder or None)
 
 
 @contextlib.contextmanager
@@ -675,3 +675,28 @@ def study_of(run_id: str | None) -> str:
         return MlflowClient(tracking_uri()).get_run(run_id).data.tags.get(TAG_STUDY, "")
     except Exception:
         return ""
+
+
+@contextlib.contextmanager
+def resolution_run(study: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one resolution study (``resolution-<study>``); FAILED if the block raises."""
+    with _stage_run("resolution", f"resolution-{study}", params, {TAG_STUDY: study}) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def resolution_setting_run(study: str, setting: str, params: dict) -> Iterator[mlflow.ActiveRun]:
+    """One setting of the resolution study, nested (kind ``resolution_setting``, tag ``strokelens.setting``)."""
+    tags = {TAG_STUDY: study, "strokelens.setting": setting}
+    with _nested_run("resolution_setting", f"resolution-{setting}", params, tags, system_metrics=True) as run:
+        yield run
+
+
+def log_json(content: dict, path: str) -> None:
+    """Log a JSON artifact of the active run."""
+    mlflow.log_dict(content, path)
+
+
+def set_note(text: str) -> None:
+    """The active run's description (the MLflow UI shows it at the top of the run's page)."""
+    mlflow.set_tag(NOTE_TAG, text)

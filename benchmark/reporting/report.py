@@ -11,7 +11,8 @@
 * ``architectures.csv``, ``explanations.csv``, ``architecture_cases.csv``,
   ``explanation_cases.csv``: the tables with full precision and run ids;
 * ``figures/*.png``: see :mod:`~benchmark.reporting.charts`; the study's experiments' figures
-  (``experiment_<name>_*.png``) are copied from their MLflow runs (:mod:`~benchmark.reporting.experiments`);
+  (``experiment_<name>_*.png``) are copied from their MLflow runs (:mod:`~benchmark.reporting.experiments`),
+  and so is the newest resolution study's (:mod:`~benchmark.reporting.resolution`), shown as one more section;
 * ``.strokelens-report`` (:data:`MARKER`): says the folder is a report. A report replaces an
   existing ``<out>/<study>/`` only when it carries this file (or is empty); any other folder there
   is the user's and is left untouched (:class:`~benchmark.errors.ParameterError`).
@@ -49,6 +50,7 @@ from benchmark.reporting.leaderboard import (
     floor_value,
     key_metrics,
 )
+from benchmark.reporting.resolution import resolution_section
 from benchmark.reporting.tables import (
     HEADERS,
     TEXT_COLUMNS,
@@ -114,6 +116,8 @@ def build_report(study: str, experiment: str, out: str | Path = "reports", store
             arch_figures = architecture_figures(runs, architectures, figures_dir)
             expl_figures = explanation_figures(runs, explanations, figures_dir, store, work / "relevance")
             sections, source = experiment_sections(store, study, figures_dir, work / "experiments")
+            resolution = resolution_section(store, study, figures_dir, work / "resolution")
+            sections += [resolution] if resolution is not None else []
             tables = _write_tables(folder, runs, architectures, explanations)
             context = page_context(runs, architectures, explanations, arch_figures, expl_figures)
             context.update(experiments_context(sections, source))

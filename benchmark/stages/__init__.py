@@ -9,6 +9,7 @@ results on. A notebook can call them directly, e.g.
 stage                   function                               result
 ======================  =====================================  =====================
 prepare data            :func:`~.data.prepare_data`            ``DataResult``
+plan (native mode)      :func:`~.plan.plan_data`               ``PlanResult``
 search (+ export)       :func:`~.train.search_and_export`      ``TrainResult``
 export                  :func:`~.export.export_model`          ``ExportResult``
 evaluate                :func:`~.evaluate.evaluate_study`      ``EvaluationResult``
@@ -29,6 +30,7 @@ import importlib
 
 _HOMES = {
     "prepare_data": "data", "DataResult": "data", "model_split": "data",
+    "plan_data": "plan", "PlanResult": "plan",
     "search_and_export": "train", "TrainResult": "train",
     "export_model": "export", "ExportResult": "export",
     "evaluate_study": "evaluate", "EvaluationResult": "evaluate",

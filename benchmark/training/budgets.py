@@ -11,7 +11,10 @@ A search compares architectures, so its ranking must not be a ranking of trainin
   prunes a trial only against the complete trials *of its own family* (the ``architecture``
   parameter), so a slow-starting family is not stopped for lagging another family's curve.
 * **Time budget.** The profile's ``time_budget`` (seconds, wall clock of one invocation) stops
-  starting new trials and epochs only once no cover trial waits; cover trials run to the end.
+  starting new trials and epochs only once no cover trial waits; cover trials run to the end. A
+  trial the budget stops before its last epoch is recorded as *pruned* (user attribute
+  :data:`CUT_ATTR`: the epochs it trained), never as complete: a complete trial has trained its
+  whole budget.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 PHASE_ATTR = "phase"
 COVER = "cover"
 """Value of the ``phase`` user attribute of the trials enqueued for the cover phase."""
+CUT_ATTR = "cut_by_time_budget"
+"""User attribute of a trial the time budget stopped before its last epoch: the epochs it trained."""
 
 
 def is_cover(trial: optuna.Trial | FrozenTrial) -> bool:

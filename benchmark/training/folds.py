@@ -244,7 +244,7 @@ def _train_one(study: str, trial: RunRecord, fold: int, repeat: int, train: list
         model = build(hp["architecture"], len(preprocess.modalities), width=hp["width"])
         tracking.log_summary({"param_count": parameter_count(model)})
         result = fit(model, train, held_out, config, checkpoint_dir=folder, resume=resume,
-                     on_epoch=lambda epoch, row: tracking.log_epoch(row), progress=progress)
+                     on_epoch=lambda epoch, row: tracking.log_epoch(row), progress=progress, preprocess=preprocess)
         if (folder / "best.pt").is_file():
             tracking.log_checkpoint(folder / "best.pt", preprocess.to_dict())
         history = result.history

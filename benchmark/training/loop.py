@@ -15,7 +15,17 @@ Losses (``p`` = lesion probability, ``t`` = lesion fraction of the voxel, sums o
 * ``dice_ce``: ``dice + ce``.
 
 Augmentations (:class:`Augmenter`): ``flips`` (random flips and intensity jitter), ``study`` (the
-study's rotation, translation and intensity crop), ``both`` (study, then flips).
+study's rotation, translation and intensity crop), ``both`` (study, then flips), ``spatial`` (rotation and
+scaling in the slice plane, then flips: the kind of ``native`` patches).
+
+Two preprocessing modes (:class:`benchmark.data.preprocessing.PreprocessConfig`, passed to :func:`fit`):
+``seed`` trains on whole volumes at the training grid; ``native`` trains on random patches of the
+config's ``grid`` at the target spacing (:class:`benchmark.data.patches.PatchSampler`: one patch per
+training case and epoch, a share ``TrainConfig.foreground`` of them, nnU-Net's 1/3, centred on lesion
+voxels) and validates by Gaussian sliding windows (:meth:`PreprocessConfig.window`) over each whole
+validation volume at the target spacing. In both modes the validation Dice is computed on the native
+grid (the probability resampled back, :func:`benchmark.data.preprocessing.to_native`), so the two
+modes' numbers compare.
 """
 
 from __future__ import annotations
@@ -30,19 +40,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark.atomic import atomic_file
-from benchmark.data.preprocessing import PreparedCase, to_native
+from benchmark.data.patches import FOREGROUND_SHARE, PatchSampler
+from benchmark.data.preprocessing import PreparedCase, PreprocessConfig, to_native
 from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.inference import predict_probability
 from benchmark.evaluation.segmentation import METRIC_NAMES, segmentation_metrics
+from inferers import SlidingWindow
 
 LOSSES: tuple[str, ...] = ("dice", "dice_ce", "ce")
 """Training losses (module docstring); ``ce`` is the study's."""
 
-AUGMENTATIONS: tuple[str, ...] = ("flips", "study", "both")
-"""Augmentation kinds (:class:`Augmenter`); ``study`` is the study's ``rotate_then_clip_translate``."""
+AUGMENTATIONS: tuple[str, ...] = ("flips", "study", "both", "spatial")
+"""Augmentation kinds (:class:`Augmenter`); ``study`` is the study's ``rotate_then_clip_translate``, ``spatial``
+rotation and scaling (nnU-Net's spatial transform in the slice plane) for ``native`` patches."""
 
 
 @dataclass
@@ -65,6 +79,7 @@ class TrainConfig:
         device: ``cpu``, ``cuda`` or ``auto``.
         amp: mixed precision on CUDA.
         threshold: lesion probability above which a voxel is lesion.
+        foreground: ``native`` mode: share of training patches centred on a lesion voxel (nnU-Net's 1/3).
     """
 
     epochs: int = 30
@@ -80,6 +95,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     threshold: float = 0.5
+    foreground: float = FOREGROUND_SHARE
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -95,6 +111,8 @@ class TrainConfig:
                                  f"{', '.join(AUGMENTATIONS)}")
         if not self.lr > 0:
             raise ParameterError(f"lr must be positive (got {self.lr})")
+        if not 0 <= self.foreground <= 1:
+            raise ParameterError(f"foreground share must be within [0, 1] (got {self.foreground})")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,6 +167,12 @@ STUDY_SHIFT_FRACTION = 0.2
 
 STUDY_CROP_LOW = 0.3
 """The intensity crop's upper bound c ~ U(0.3, 1), rounded to 0.01 (``utils/custom_augment.py:22,38``)."""
+
+SPATIAL_ROTATION_DEG = 30.0
+"""``spatial``: θ ~ U(−30°, 30°) about the slice axis (nnU-Net's 3-D rotation range, ``rotation_for_DA``)."""
+
+SPATIAL_SCALE = (0.7, 1.4)
+"""``spatial``: in-plane zoom k ~ U(0.7, 1.4) (nnU-Net's ``scale_range``); k > 1 magnifies the content."""
 
 
 def rotate_slices(volume: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -213,6 +237,12 @@ class Augmenter:
 
     ``both``: ``study``, then ``flips``.
 
+    ``spatial`` (for ``native`` patches): per volume, with probability s a rotation about the slice axis by
+    θ ~ U(−30°, 30°) and, independently with probability s, an in-plane zoom k ~ U(0.7, 1.4) (nnU-Net's
+    ranges; in the slice plane only, as nnU-Net augments anisotropic data, and assuming square in-plane
+    voxels), resampled once: images trilinearly, labels as fractions the same way, zeros outside the
+    patch (``grid_sample``, ``align_corners=False``); then ``flips``.
+
     Args:
         strength: s; 0 returns batches unchanged.
         seed: seeds the augmenter's own generator (independent of the model's).
@@ -236,8 +266,34 @@ class Augmenter:
             return image, label
         if self.kind in ("study", "both"):
             image, label = self.study(image, label)
-        if self.kind in ("flips", "both"):
+        if self.kind == "spatial":
+            image, label = self.spatial(image, label)
+        if self.kind in ("flips", "both", "spatial"):
             image, label = self.flips(image, label)
+        return image, label
+
+    def spatial_theta(self, h: int, w: int) -> list[list[float]]:
+        """One draw of the ``spatial`` kind as ``affine_grid``'s 3×4 matrix (output → input, normalised x, y, z).
+
+        In voxel units (X = x·w/2, Y = y·h/2) the input point is the output point rotated by θ and divided
+        by the zoom k; identity when neither was drawn.
+        """
+        degrees = self._between(-SPATIAL_ROTATION_DEG, SPATIAL_ROTATION_DEG) \
+            if float(self._uniform(1)) < self.strength else 0.0
+        zoom = self._between(*SPATIAL_SCALE) if float(self._uniform(1)) < self.strength else 1.0
+        c, s = math.cos(math.radians(degrees)) / zoom, math.sin(math.radians(degrees)) / zoom
+        return [[c, -s * h / w, 0.0, 0.0], [s * w / h, c, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+
+    def spatial(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotation and zoom of the ``spatial`` kind on (N, C, D, H, W) images and (N, D, H, W) labels."""
+        h, w = image.shape[-2:]
+        theta = torch.tensor([self.spatial_theta(h, w) for _ in range(image.shape[0])], dtype=torch.float32)
+        if torch.equal(theta, torch.eye(3, 4).expand_as(theta)):
+            return image, label
+        grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+        image = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        label = F.grid_sample(label.float()[:, None], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)[:, 0]
         return image, label
 
     def study_parameters(self, grid: tuple[int, int, int]) -> dict:
@@ -299,14 +355,15 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
 
 def train_epoch(model: nn.Module, cases: Sequence[PreparedCase], optimizer: torch.optim.Optimizer,
                 loss_fn, augmenter: Augmenter, batch_size: int, device: torch.device,
-                scaler: torch.amp.GradScaler | None, order: torch.Generator) -> float:
-    """One pass over ``cases`` in a random order; returns the mean loss."""
+                scaler: torch.amp.GradScaler | None, order: torch.Generator,
+                sampler: PatchSampler | None = None) -> float:
+    """One pass over ``cases`` in a random order (whole volumes, or one ``sampler`` patch each); the mean loss."""
     model.train()
     permutation = torch.randperm(len(cases), generator=order).tolist()
     losses = []
     for start in range(0, len(cases), batch_size):
         batch = [cases[i] for i in permutation[start:start + batch_size]]
-        image, label = augmenter(*stack_batch(batch))
+        image, label = augmenter(*(stack_batch(batch) if sampler is None else sampler.batch(batch)))
         image, label = image.to(device), label.to(device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=scaler is not None):
@@ -320,8 +377,12 @@ def train_epoch(model: nn.Module, cases: Sequence[PreparedCase], optimizer: torc
 
 @torch.no_grad()
 def validate(model: nn.Module, cases: Sequence[PreparedCase], device: torch.device,
-             threshold: float = 0.5, amp: bool = False) -> tuple[dict[str, float], list[dict]]:
+             threshold: float = 0.5, amp: bool = False,
+             window: SlidingWindow | None = None) -> tuple[dict[str, float], list[dict]]:
     """Segmentation metrics on each case's native grid.
+
+    The whole prepared volume is predicted at once (``window`` None, ``seed`` mode) or by Gaussian sliding
+    windows (``native`` mode), then resampled to the native grid and thresholded there.
 
     Returns:
         (mean of each metric over cases as ``val_<metric>``, per-case dicts with ``case``).
@@ -330,7 +391,7 @@ def validate(model: nn.Module, cases: Sequence[PreparedCase], device: torch.devi
     for case in cases:
         if case.native_label is None:
             raise DataError(f"validation case {case.case_id} has no ground truth: use training cases")
-        probability = predict_probability(model, torch.from_numpy(case.image[None]), device, amp)
+        probability = predict_probability(model, torch.from_numpy(case.image[None]), device, amp, window)
         native = to_native(probability, case.native_shape)[0]
         metrics = segmentation_metrics(native > threshold, case.native_label, case.spacing)
         per_case.append({"case": case.case_id, **metrics})
@@ -420,12 +481,15 @@ class FitResult:
     seconds_per_epoch: float
     best_checkpoint: Path | None
     stopped_early: bool
+    out_of_time: bool = False
+    """The deadline stopped training before its last epoch (a budget cut, not early stopping)."""
 
 
 def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequence[PreparedCase],
         config: TrainConfig, *, checkpoint_dir: str | Path | None = None,
         resume: str | Path | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-        deadline: float | None = None, progress: bool = True) -> FitResult:
+        deadline: float | None = None, progress: bool = True,
+        preprocess: PreprocessConfig | None = None) -> FitResult:
     """Train ``model`` with validation every epoch, checkpoints, early stopping and resume.
 
     Args:
@@ -439,6 +503,9 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
             example ``optuna.TrialPruned``) to stop.
         deadline: a ``time.monotonic()`` value after which no new epoch starts (time budgets).
         progress: show a progress bar over epochs.
+        preprocess: how the cases were prepared; ``native`` mode trains on patches of its ``grid`` and
+            validates by sliding windows (module docstring); None or ``seed``: whole volumes. ``best.pt``
+            records it under ``extra["preprocess"]``.
 
     Returns:
         The :class:`FitResult`.
@@ -459,6 +526,10 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
     loss_fn = loss_function(config.loss)
     augmenter = Augmenter(config.augment, seed=config.seed + 1, kind=config.augmentation)
     order = torch.Generator().manual_seed(config.seed + 2)
+    native = preprocess is not None and preprocess.mode == "native"
+    sampler = PatchSampler(preprocess.grid_dhw, config.foreground, seed=config.seed + 3) if native else None
+    window = preprocess.window() if native else None
+    recorded = {"train": asdict(config), **({"preprocess": preprocess.to_dict()} if preprocess is not None else {})}
     stopper = EarlyStopping(config.patience)
     history: list[dict] = []
     start_epoch = 0
@@ -476,16 +547,18 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
             torch.set_rng_state(torch.tensor(extra["rng"]["torch"], dtype=torch.uint8))
             augmenter.generator.set_state(torch.tensor(extra["rng"]["augment"], dtype=torch.uint8))
             order.set_state(torch.tensor(extra["rng"]["order"], dtype=torch.uint8))
+            if sampler is not None and "patches" in extra["rng"]:
+                sampler.generator.set_state(torch.tensor(extra["rng"]["patches"], dtype=torch.uint8))
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     best_path = folder / "best.pt" if folder is not None else None
-    stopped = False
+    stopped = out_of_time = False
     bar = tqdm(range(start_epoch, config.epochs), desc="epochs", unit="epoch", disable=not progress,
                leave=False)
     for epoch in bar:
         started = time.perf_counter()
         train_loss = train_epoch(model, train_cases, optimizer, loss_fn, augmenter, config.batch_size,
-                                 device, scaler, order)
-        means, _ = validate(model, val_cases, device, config.threshold, config.amp)
+                                 device, scaler, order, sampler)
+        means, _ = validate(model, val_cases, device, config.threshold, config.amp, window)
         row = {"epoch": epoch, "train_loss": train_loss, **means,
                "epoch_seconds": time.perf_counter() - started}
         history.append(row)
@@ -493,15 +566,17 @@ def fit(model: nn.Module, train_cases: Sequence[PreparedCase], val_cases: Sequen
         if folder is not None:
             rng = {"torch": torch.get_rng_state().tolist(),
                    "augment": augmenter.generator.get_state().tolist(),
-                   "order": order.get_state().tolist()}
+                   "order": order.get_state().tolist(),
+                   **({"patches": sampler.generator.get_state().tolist()} if sampler is not None else {})}
             save_checkpoint(folder / "last.pt", model, optimizer, epoch, history, {"rng": rng})
             if improved:
-                save_checkpoint(best_path, model, None, epoch, history, {"train": asdict(config)})
+                save_checkpoint(best_path, model, None, epoch, history, recorded)
         bar.set_postfix(loss=f"{train_loss:.3f}", dice=f"{means['val_dice']:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if stopper.should_stop(epoch) or (deadline is not None and time.monotonic() > deadline):
-            stopped = True
+        early = stopper.should_stop(epoch)
+        if early or (deadline is not None and time.monotonic() > deadline):
+            stopped, out_of_time = True, not early and epoch + 1 < config.epochs
             break
     seconds = float(np.mean([r["epoch_seconds"] for r in history])) if history else 0.0
-    return FitResult(stopper.best, stopper.best_epoch, history, seconds, best_path, stopped)
+    return FitResult(stopper.best, stopper.best_epoch, history, seconds, best_path, stopped, out_of_time)

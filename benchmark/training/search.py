@@ -12,6 +12,14 @@ newest search run in MLflow that logged one) and refuses data that changed since
 the split holds K cross-validation folds and the search selects on fold 0; the other folds (and
 ``repeats``) are trained afterwards by :mod:`benchmark.training.folds`.
 
+Each study uses one preprocessing (``SearchSettings.preprocessing``): ``seed`` (the study's 48×48×19 grid,
+the default) or ``native`` (the data set's plan, :mod:`benchmark.data.planning`: target spacing, patch and
+batch size; patch training and sliding-window validation, :func:`benchmark.training.loop.fit`). A native
+study keeps its plan beside its split (``<checkpoints>/<study>/plan.json``: the ``--plan`` given, else one
+made from the data on the first search) and logs it to every search run (``plan/plan.json``); the mode is a
+study user attribute (``preprocessing``), a search-run and trial-run parameter, and part of the study's
+settings, so a study never mixes modes.
+
 Studies live in ``storage`` (``sqlite:///optuna.db`` on one host; ``postgresql://…`` or
 ``journal:///…`` for many, see :mod:`benchmark.training.studies`). Running the same command again
 adds ``trials`` more trials to the same study; a trial that was interrupted (Ctrl-C, SIGTERM),
@@ -34,12 +42,13 @@ import numpy as np
 import optuna
 
 from benchmark.data.cases import check_labels
-from benchmark.data.preprocessing import PreprocessCache, PreprocessConfig
+from benchmark.data.planning import PLAN_FILE, Plan, make_plan
+from benchmark.data.preprocessing import MODES, PreprocessCache, PreprocessConfig
 from benchmark.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_FILE, Split, make_split
-from benchmark.errors import ParameterError
+from benchmark.errors import DataError, ParameterError
 from benchmark.figures import overlay_figures
 from benchmark.paths import check_name, check_writable
-from benchmark.training.budgets import FamilyPruner, enqueue_cover, is_cover, stop_after
+from benchmark.training.budgets import CUT_ATTR, FamilyPruner, enqueue_cover, is_cover, stop_after
 from benchmark.training.loop import TrainConfig, fit, load_model, resolve_device, seed_everything
 from benchmark.training.profiles import Profile
 from benchmark.training.studies import (
@@ -112,8 +121,17 @@ class SearchSettings:
     :mod:`benchmark.training.folds`."""
     repeats: int = 1
     """R trainings of each fold, with seeds derived from ``seed``."""
+    preprocessing: str = "seed"
+    """``seed`` (whole volumes at the profile's grid) or ``native`` (the data set's plan; module docstring)."""
+    plan: Path | None = None
+    """``native``: the ``plan.json`` to use (None: the study's saved plan, else one made from ``data``)."""
 
     def __post_init__(self):
+        if self.preprocessing not in MODES:
+            raise ParameterError(f"preprocessing '{self.preprocessing}' is unknown: choose {' or '.join(MODES)}")
+        if self.plan is not None and self.preprocessing != "native":
+            raise ParameterError(f"--plan {self.plan} is for native preprocessing: add --preprocessing native "
+                                 "or drop --plan")
         if self.folds < 1 or self.repeats < 1:
             raise ParameterError(f"folds and repeats must be at least 1 (got folds {self.folds}, "
                                  f"repeats {self.repeats})")
@@ -175,18 +193,54 @@ def open_study(name: str, storage: str, seed: int, profile: Profile) -> optuna.S
     return study
 
 
-def study_settings(s: SearchSettings) -> dict:
+def study_settings(s: SearchSettings, plan: Plan | None = None) -> dict:
     """What makes two trials of a study comparable; a resumed study must keep it (see ``check_settings``).
 
     The loss is in ``losses`` (searched) and in ``fixed`` (a fixed profile such as ``paper``: ``ce``);
-    ``augmentation`` appears when it is not ``flips``, the kind every study before it used, so those resume.
+    ``augmentation`` appears when it is not ``flips``, the kind every study before it used, so those resume;
+    ``preprocessing`` (the native plan's settings and batch size) only in ``native`` mode, for the same reason.
     """
     p = s.profile
     settings = {"profile": p.name, "epochs": s.epochs, "grid": list(p.grid), "architectures": list(p.architectures),
                 "widths": list(p.widths), "losses": list(p.losses), "batch_size": p.batch_size, "fixed": p.fixed}
     if p.augmentation != "flips":
         settings["augmentation"] = p.augmentation
+    if plan is not None:
+        settings["preprocessing"] = {**plan.preprocess().to_dict(), "batch_size": plan.batch_size}
     return settings
+
+
+def plan_file(checkpoints: str | Path, study: str) -> Path:
+    """Where a native study's plan lies beside its split: ``<checkpoints>/<study>/plan.json``."""
+    return Path(checkpoints) / study / PLAN_FILE
+
+
+def study_plan(s: SearchSettings) -> Plan | None:
+    """The plan of a ``native`` search (None in ``seed`` mode): ``--plan``, else the study's saved one, else a new one.
+
+    A new plan is made from ``s.data`` for the device's memory budget and the widest network the profile
+    searches (its first architecture). Nothing is saved here (see :func:`run_search`).
+
+    Raises:
+        DataError: native mode without a usable plan: the ``--plan`` file is missing or broken, or no plan
+            could be made from the data.
+    """
+    if s.preprocessing != "native":
+        return None
+    if s.plan is not None:
+        return Plan.load(s.plan)
+    saved = plan_file(s.checkpoints, s.study)
+    if saved.is_file():
+        return Plan.load(saved)
+    p = s.profile
+    architecture = (p.fixed or p.first or {}).get("architecture", p.architectures[0])
+    try:
+        return make_plan(s.data, device=resolve_device(s.device).type, architecture=architecture,
+                         width=max(p.widths), progress=s.progress)
+    except (DataError, ParameterError) as exc:
+        raise DataError(f"native preprocessing needs a plan and none could be made from '{s.data}' "
+                        f"({' '.join(str(exc).split())}): give --plan PATH written by python -m mlproject.plan, "
+                        "or use --preprocessing seed") from exc
 
 
 def prepare_study(study: optuna.Study, storage: str, profile: Profile, checkpoints: Path) -> list[int]:
@@ -227,10 +281,11 @@ class Objective:
     """Optuna objective: train one configuration and return its best validation Dice."""
 
     def __init__(self, settings: SearchSettings, train: list, val: list, preprocess: PreprocessConfig,
-                 deadline: float | None = None):
+                 deadline: float | None = None, batch_size: int | None = None):
         self.s = settings
         self.train, self.val, self.preprocess = train, val, preprocess
         self.deadline = deadline
+        self.batch_size = settings.profile.batch_size if batch_size is None else batch_size
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -257,8 +312,8 @@ class Objective:
             if inherited.is_file() and not (folder / "best.pt").is_file():
                 shutil.copyfile(inherited, folder / "best.pt")
         (folder / "preprocess.json").write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
-        params = {**hp, "epochs": self.s.epochs, "batch_size": self.s.profile.batch_size,
-                  "augmentation": self.s.profile.augmentation,
+        params = {**hp, "epochs": self.s.epochs, "batch_size": self.batch_size,
+                  "augmentation": self.s.profile.augmentation, **preprocessing_params(self.preprocess),
                   "grid": "x".join(map(str, self.preprocess.grid)), "seed": self.s.seed,
                   "phase": "cover" if is_cover(trial) else "search", "resumed_from": resume or "",
                   "retry_of": "" if original is None else original}
@@ -269,7 +324,7 @@ class Objective:
             seed_everything(self.s.seed + number)  # the same seed builds the same initial weights
             model = build(hp["architecture"], len(self.preprocess.modalities), width=hp["width"])
             cover = is_cover(trial)  # the equal budget: all epochs, no early stop, no deadline
-            config = TrainConfig(epochs=self.s.epochs, batch_size=self.s.profile.batch_size, lr=hp["lr"],
+            config = TrainConfig(epochs=self.s.epochs, batch_size=self.batch_size, lr=hp["lr"],
                                  weight_decay=hp["weight_decay"], loss=hp["loss"], augment=hp["augment"],
                                  augmentation=self.s.profile.augmentation,
                                  patience=0 if cover else self.s.profile.patience, seed=self.s.seed + trial.number,
@@ -295,9 +350,13 @@ class Objective:
             try:
                 result = fit(model, self.train, self.val, config, checkpoint_dir=folder, resume=resume,
                              on_epoch=on_epoch, deadline=None if cover else self.deadline,
-                             progress=self.s.progress)
+                             progress=self.s.progress, preprocess=self.preprocess)
             except optuna.TrialPruned as exc:
                 pruned = exc
+            if pruned is None and result.out_of_time:  # fewer epochs than its budget: not a complete trial
+                trial.set_user_attr(CUT_ATTR, len(result.history))
+                pruned = optuna.TrialPruned(f"cut by the time budget after {len(result.history)} of "
+                                            f"{config.epochs} epochs")
             self._log_best(folder)
             history = rows if pruned is not None else result.history  # a resumed fit knows earlier epochs
             if history:
@@ -318,6 +377,14 @@ class Objective:
         model = load_model(best)
         figures = overlay_figures(model, self.val[:3], folder / "figures", self.preprocess.modalities)
         tracking.log_figures(figures)
+
+
+def preprocessing_params(preprocess: PreprocessConfig) -> dict:
+    """MLflow parameters naming a run's preprocessing: its mode, and in ``native`` mode spacing (mm) and overlap."""
+    if preprocess.mode != "native":
+        return {"preprocessing": preprocess.mode}
+    return {"preprocessing": preprocess.mode, "spacing": "x".join(f"{v:g}" for v in preprocess.spacing),
+            "overlap": preprocess.overlap}
 
 
 def split_file(checkpoints: str | Path, study: str) -> Path:
@@ -375,7 +442,8 @@ def run_search(s: SearchSettings) -> SearchResult:
     from tqdm import tqdm
 
     device = resolve_device(s.device)
-    preprocess = PreprocessConfig(grid=s.profile.grid)
+    plan = study_plan(s)
+    preprocess = PreprocessConfig(grid=s.profile.grid) if plan is None else plan.preprocess()
     experiment = tracking.experiment_name(tracking.setup(s.experiment or
                                                          tracking.default_experiment(s.profile.experiment)))
     split, path = _the_study_split(s, experiment, tuple(preprocess.modalities))
@@ -392,8 +460,15 @@ def run_search(s: SearchSettings) -> SearchResult:
               "storage": s.storage, "seed": s.seed, "device": str(device), "profile": s.profile.name,
               "train_cases": len(train), "val_cases": len(val), "grid": "x".join(map(str, preprocess.grid)),
               "val_fraction": split.val_fraction, "split_seed": split.seed, "folds": split.folds,
-              "repeats": s.repeats}
-    check_settings(study, {**study_settings(s), "split_digest": split.digest})
+              "repeats": s.repeats, **preprocessing_params(preprocess),
+              **({"plan": plan.digest(), "batch_size": plan.batch_size} if plan is not None else {})}
+    check_settings(study, {**study_settings(s, plan), "split_digest": split.digest})
+    study.set_user_attr("preprocessing", preprocess.mode)
+    saved_plan = plan_file(s.checkpoints, s.study)
+    if plan is not None:
+        study.set_user_attr("plan", plan.digest())
+        if not saved_plan.is_file() or Plan.load(saved_plan).digest() != plan.digest():
+            plan.save(saved_plan)
     retried = prepare_study(study, s.storage, s.profile, s.checkpoints / s.study)
     dead_runs = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
                  if t.number in retried and "mlflow_run_id" in t.user_attrs]
@@ -401,10 +476,13 @@ def run_search(s: SearchSettings) -> SearchResult:
     with tracking.search_run(s.study, params, s.profile.name) as parent:
         recovery.tag_worker(worker_identity())
         tracking.log_split(path, split.rows(), split.digest, Path(split.data).name, Path(s.data))
+        if plan is not None:
+            tracking.log_artifacts([saved_plan], "plan")
         started = time.monotonic()
         deadline = None if s.time_budget is None else started + s.time_budget
         with quiet_interrupts():
-            study.optimize(Objective(s, train, val, preprocess, deadline), n_trials=s.trials,
+            study.optimize(Objective(s, train, val, preprocess, deadline, None if plan is None else plan.batch_size),
+                           n_trials=s.trials,
                            callbacks=[stop_after(deadline)], catch=(FloatingPointError, RuntimeError))
         result = study_result(study, parent.info.run_id, experiment, split, path)
         tracking.log_summary({"search_seconds": time.monotonic() - started,
