@@ -37,7 +37,7 @@ def test_export_registers_relevance_beside_the_champion_and_serves_it(tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "w" / "best.pt", models.build("unet3d", 6, width=0.0625), None, 0, [])
+    checkpoint = save_checkpoint(tmp_path / "w" / "best.pt", models.build("unet3d", 6, width=0.125), None, 0, [])
     (checkpoint.parent / "preprocess.json").write_text(json.dumps(CONFIG.to_dict()))
     tracking.setup("relevance-test")
     with mlflow.start_run(run_name="search"):
