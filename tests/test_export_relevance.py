@@ -59,7 +59,7 @@ def test_export_registers_relevance_beside_the_champion_and_serves_it(tmp_path, 
         version = client.get_model_version_by_alias(name, model_registry.CHAMPION_ALIAS)
         assert version.tags["segmenter_version"] == result.version and version.tags["method"] == method
         assert version.tags["architecture"] == "unet3d" and float(version.tags["parity_relative_l1"]) <= 1e-4
-        assert version.run_id == result.run_id and "relative L1" in version.description
+        assert version.run_id == result.run_id and "Relative L1" in version.description
         graph = mlflow.onnx.load_model(f"models:/{name}@champion")  # the ONNX graph itself, no PyTorch
         assert [o.name for o in graph.graph.output] == ["relevance", "logits", "target"]
     run = client.get_run(result.run_id)
