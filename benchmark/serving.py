@@ -11,11 +11,24 @@ MLflow model config and hands it each request's ``inputs``. A request is one cas
 * **nifti** (compact): each modality key holds the bytes of that modality's NIfTI file
   (``.nii`` or ``.nii.gz``) in base64; spacing, affine and header come from the files.
 
-Optional ``threshold`` (default 0.5): mask = probability > threshold. The answer holds
+Optional ``threshold`` (default 0.5): mask = probability > threshold. Optional ``relevance``: the
+name of an LRP method whose relevance ONNX model the served model ships (``lrp_epsilon``,
+``lrp_zplus``: exported with ``python -m mlproject.export --lrp-onnx``). The answer holds
 ``probability`` (float32) and ``mask`` (uint8) on the input's grid — arrays in (X, Y, Z) order, or
 base64 NIfTI files with the first modality's affine and header (gzip-compressed when the request's
 files were) —, ``lesion_ml`` = mask voxels × voxel volume (product of the spacing in mm / 1000),
-``lesion_voxels``, ``threshold``, ``encoding``, the grid, spacing and onnxruntime provider.
+``lesion_voxels``, ``threshold``, ``encoding``, the grid, spacing and onnxruntime provider; with
+``relevance`` also ``relevance``: one volume per modality (float32, the same encoding as the
+probability), ``relevance_method``, ``relevance_target`` (the explained target, the sum of the lesion
+logit over the predicted lesion on the model's grid: what a conservative rule's relevance sums to) and
+``relevance_share`` (each modality's share of the summed relevance on the model's grid).
+
+Relevance is computed by the method's relevance ONNX model (:mod:`explain.onnx_export`: the LRP pass
+written as forward operations, verified against ``explain.attribute`` at export) in onnxruntime —
+no PyTorch at serve time — on the prepared case (the segmenter's input), and mapped back to the
+input's grid per modality with :func:`benchmark.data.preprocessing.to_native`, as the probability and
+as the ``explanations`` stage writes its relevance NIfTI files (area-weighted mean where the grid
+shrinks, trilinear where it grows: values are per voxel, not re-normalised to keep their sum).
 
 The computation is :mod:`benchmark.stages.predict`'s: a :class:`benchmark.data.cases.Case` goes through
 :func:`benchmark.data.preprocessing.prepare` (the model's own normalisation and resampling to its
@@ -36,6 +49,7 @@ from __future__ import annotations
 import binascii
 import gzip
 import math
+import os
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,7 +69,8 @@ ENCODINGS: tuple[str, ...] = ("arrays", "nifti")
 MAX_VOXELS = 1 << 24
 """The most voxels one modality may have (16,777,216, e.g. 512×512×64)."""
 DEFAULT_THRESHOLD = 0.5
-OPTIONAL_KEYS: tuple[str, ...] = ("spacing", "affine", "threshold")
+RELEVANCE_KEY = "relevance"
+OPTIONAL_KEYS: tuple[str, ...] = ("spacing", "affine", "threshold", RELEVANCE_KEY)
 _NIFTI_HEADER_BYTES = 544  # NIfTI-2's header; NIfTI-1's is 348 (+ 4 extension bytes)
 _GZIP_LEVEL = 1  # the answer's gzip level: level 6 costs 5× the time for ~10 % fewer bytes on probabilities
 
@@ -175,6 +190,8 @@ class Predictor:
         onnx_path: the ONNX model.
         sidecar: its preprocessing JSON (default: beside it).
         threads: onnxruntime CPU intra-op threads (default: all cores).
+        relevance: LRP method → its relevance ONNX model (:class:`RelevanceModels`), answering requests
+            with a ``relevance`` field.
 
     Attributes:
         client_errors: the exceptions that mean a bad request (the server answers 400 for them).
@@ -182,10 +199,12 @@ class Predictor:
 
     client_errors: tuple[type[Exception], ...] = (StrokelensError,)
 
-    def __init__(self, onnx_path: str | Path, sidecar: str | Path | None = None, threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, sidecar: str | Path | None = None, threads: int | None = None,
+                 relevance: Mapping[str, str | Path] | None = None):
         self.segmenter = Segmenter(onnx_path, sidecar, threads=threads)
         self.config = PreprocessConfig.from_dict(self.segmenter.meta["preprocess"])
         self.modalities: tuple[str, ...] = self.config.modalities
+        self.relevance = RelevanceModels(relevance or {}, self.provider, threads)
 
     @property
     def provider(self) -> str:
@@ -203,7 +222,7 @@ class Predictor:
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
                     ([f"unknown {', '.join(str(k)[:40] for k in unknown[:6])}"] if unknown else [])
             raise RequestError(f"inputs: {'; '.join(parts)}: send {', '.join(self.modalities)} (+ spacing, "
-                               "affine, threshold)")
+                               "affine, threshold, relevance)")
         texts = [_as_text(inputs[m]) for m in self.modalities]
         if all(t is not None for t in texts):
             return self._decode_nifti(inputs, texts)
@@ -278,6 +297,7 @@ class Predictor:
             threshold = float(value)
             if not 0.0 < threshold < 1.0:
                 raise RequestError("'threshold' must be a lesion probability strictly between 0 and 1")
+        method = self.relevance.method(inputs[RELEVANCE_KEY]) if RELEVANCE_KEY in inputs else None
         case, encoding, compressed = self.decode(inputs)
         probability = self.probability(case).astype(np.float32)
         mask = (probability > threshold).astype(np.uint8)
@@ -291,7 +311,76 @@ class Predictor:
         else:
             answer["probability"] = to_xyz(probability)
             answer["mask"] = to_xyz(mask)
+        if method is not None:
+            answer.update(self.relevance_answer(case, method, encoding, compressed))
         return answer
+
+    def relevance_answer(self, case: Case, method: str, encoding: str, compressed: bool) -> dict:
+        """The ``relevance*`` fields of an answer (module docstring) for a decoded case."""
+        relevance, target = self.relevance.run(method, prepare(case, self.config).image[None])
+        totals = relevance.reshape(len(self.modalities), -1).sum(axis=1, dtype=np.float64)
+        whole = float(totals.sum())
+        native = to_native(relevance, case.shape).astype(np.float32)  # (C, D, H, W) on the input's grid
+        if encoding == "nifti":
+            maps = {m: _encode_nifti(v, case.affine, case.header, np.float32, compressed)
+                    for m, v in zip(self.modalities, native, strict=True)}
+        else:
+            maps = {m: to_xyz(v) for m, v in zip(self.modalities, native, strict=True)}
+        return {"relevance": maps, "relevance_method": method, "relevance_target": target,
+                "relevance_share": {m: float(t / whole) if whole else 0.0
+                                    for m, t in zip(self.modalities, totals, strict=True)}}
+
+
+class RelevanceModels:
+    """The relevance ONNX models a served model ships (:mod:`explain.onnx_export`), run by onnxruntime.
+
+    Args:
+        paths: LRP method → its ``.onnx`` file (input ``image``, outputs ``relevance``, ``logits``,
+            ``target``).
+        provider: the segmenter's onnxruntime provider (CPU is the fallback).
+        threads: CPU intra-op threads (default: all cores).
+    """
+
+    def __init__(self, paths: Mapping[str, str | Path], provider: str = "CPUExecutionProvider",
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        self.paths = {str(k): Path(v) for k, v in sorted(paths.items())}
+        self._sessions: dict = {}
+        self._providers = list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = threads or os.cpu_count() or 1
+        for method in self.paths:  # loaded now: a broken file fails the server's start, not a request
+            self._session(method)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods a request may name."""
+        return tuple(self.paths)
+
+    def _session(self, method: str):
+        if method not in self._sessions:
+            import onnxruntime as ort
+
+            self._sessions[method] = ort.InferenceSession(str(self.paths[method]), self._options,
+                                                          providers=self._providers)
+        return self._sessions[method]
+
+    def method(self, value: object) -> str:
+        """The method a request's ``relevance`` field names, or a :class:`RequestError` naming the allowed ones."""
+        name = _as_text(value)
+        if not self.methods:
+            raise RequestError("'relevance' cannot be answered: this model ships no relevance models (export it "
+                               "with python -m mlproject.export --lrp-onnx)")
+        if name not in self.methods:
+            got = f"'{name[:40]}'" if name is not None else f"a {_short(value)}"
+            raise RequestError(f"'relevance' must be one of {', '.join(self.methods)} (got {got})")
+        return name
+
+    def run(self, method: str, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """((C, D, H, W) relevance, explained target) of one prepared image (1, C, D, H, W)."""
+        relevance, _, target = self._session(method).run(None, {"image": np.ascontiguousarray(image, np.float32)})
+        return relevance[0], float(target[0])
 
 
 def load_predictor(onnx_path: str | Path, sidecar: str | Path | None = None, **options) -> Predictor:

@@ -14,9 +14,10 @@ composite, same rules, same target), unit by unit:
   weights θ_t (output padding ``stride − 1`` and a crop to the input's size, so any grid works)
   and that of a transposed convolution the convolution;
 * under z⁺ (:class:`~explain.rules.ZPlus`), exactly as the engine on mixed-sign inputs:
-  ``z⁺ = (Wx + |W||x|)/2``, ``c_B = 0.5/(z⁺ + ε)`` where ``z⁺ > ε`` (else 0), ``c_W = c_B`` plus
-  ``1/stab(Wx)`` where ``z⁺ ≤ ε`` (outputs without positive contribution fall back to their
-  negative ones), ``R_in = x ⊙ Wᵀ(c_W R) + |x| ⊙ |W|ᵀ(c_B R)``; weights ``W`` and ``|W|`` are
+  ``z⁺ = (Wx + |W||x|)/2``, ``B = |W||x|``, ``c_B = 0.5/(z⁺ + ε)`` where ``z⁺ > ε + τB`` (else 0),
+  ``c_W = c_B`` plus ``1/stab(Wx)`` where ``z⁺ ≤ ε + τB`` (outputs without positive contribution,
+  relative to their magnitude, fall back to their negative ones: :class:`~explain.rules.ZPlus`),
+  ``R_in = x ⊙ Wᵀ(c_W R) + |x| ⊙ |W|ᵀ(c_B R)``; weights ``W`` and ``|W|`` are
   constants of the graph, BatchNorms merged into them beforehand;
 * ``Pass`` (activations, BatchNorms), gates (signal takes all): ``R`` to the (first) input;
   ``Norm`` (:class:`~explain.layers.Add`): ``R_k = x_k ⊙ R / stab(Σ_k x_k)``;
@@ -61,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explain import composites
-from explain.backend import CONVOLUTIONS, TRANSPOSED, bias_view, has_weights
+from explain.backend import CONVOLUTIONS, TRANSPOSED, has_weights
 from explain.canonizers import BatchNormCanonizer
 from explain.core import NATIVE
 from explain.errors import ExplainError
@@ -151,9 +152,9 @@ class LRPGraph(nn.Module):
     def _may_be_non_negative(self, node: fx.Node) -> bool:
         """Whether a node's output can be ≥ 0 everywhere for more than a few inputs (image, ReLU, sigmoid, …).
 
-        For the layers such nodes feed, z⁺ follows the engine's shortcut (one adjoint with ``2W⁺``) when
-        the input is ≥ 0 and no output is dead, chosen at run time; other layers (after LeakyReLU,
-        mixed-sign) always take the two-adjoint form.
+        For the layers such nodes feed, z⁺ follows the engine's shortcut (one adjoint with ``2W⁺``, plus
+        one with ``W`` for dead outputs) when the input is ≥ 0, chosen at run time; other layers (after
+        LeakyReLU, mixed-sign) always take the two-adjoint form.
         """
         if node.op == "placeholder":
             return True
@@ -289,18 +290,21 @@ class LRPGraph(nn.Module):
     def _zplus(self, node: fx.Node, module: nn.Module, rule: ZPlus, x: Tensor, output: Tensor, r: Tensor,
                maybe_non_negative: bool) -> Tensor:
         weight, abs_weight = self._buffer(node, 0), self._buffer(node, 1)
-        z0 = output if module.bias is None else output - bias_view(module, module.bias, output.dim())
+        z0 = output if module.bias is None else _layer(module, x, weight, None)  # as the engine: no output − bias
         abs_x = x.abs()
         b = _layer(module, abs_x, abs_weight, None)
         z_plus = (z0 + b) / 2
-        dead = z_plus <= rule.epsilon
+        dead = rule.dead(z_plus, b)
         c_b = torch.where(dead, 0.0, 0.5 / (z_plus + rule.epsilon))
         c_w = c_b + torch.where(dead, 1.0 / stabilize(z0, rule.epsilon), 0.0)
         two = x * _adjoint(module, r * c_w, weight, x) + abs_x * _adjoint(module, r * c_b, abs_weight, x)
         if not maybe_non_negative:
             return two
         one = x * _adjoint(module, r * c_b, self._buffer(node, 2), x)  # the engine's shortcut, same rounding
-        return torch.where((x >= 0).all() & ~dead.any(), one, two)
+        # on a non-negative input with dead outputs the engine splits (explain.rules.SignSplitRule): 2W⁺ for the
+        # live part, W for the dead outputs' share, no float32 cancellation between W and |W|
+        split = one + x * _adjoint(module, r * (c_w - c_b), weight, x)
+        return torch.where((x >= 0).all(), torch.where(dead.any(), split, one), two)
 
     def _linear(self, node: fx.Node, module: nn.Module, rule: LinearRule, x: Tensor, output: Tensor,
                 r: Tensor) -> Tensor:

@@ -6,6 +6,8 @@ against PyTorch on several grids, logs it as an MLflow pyfunc around the ONNX se
 version only when it beats the current champion on the same validation cases, or with ``--promote``
 (see :mod:`benchmark.stages.export`). ``--ensemble`` exports instead the fold models of a trial
 (trained with ``--folds``/``--repeats``) as one ONNX graph of their averaged softmax probabilities.
+``--lrp-onnx`` also exports the relevance graphs of ``lrp_epsilon`` and ``lrp_zplus``, ships them in the
+served model (requests may ask for ``"relevance"``) and registers them as ``strokelens-relevance-<method>``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ensemble", default=False, type=_flag, nargs="?", const=True,
                         help="export the trial's K folds × R repeats as one ONNX model averaging their softmax "
                         "probabilities (the trial must have been trained with --folds/--repeats)")
+    parser.add_argument("--lrp-onnx", default=False, type=_flag, nargs="?", const=True,
+                        help="also export the LRP relevance of lrp_epsilon and lrp_zplus as ONNX graphs (verified "
+                        "against explain.attribute), ship them in the served model and register them as "
+                        "strokelens-relevance-<method> (about 20-100 s per method on a CPU)")
     args = parser.parse_args(argv)
+    if args.ensemble and args.lrp_onnx:
+        parser.error("--lrp-onnx exports the relevance of one network: it does not apply to --ensemble")
     if args.ensemble:
         print(export_ensemble(args.model, args.experiment, args.out, register=not args.no_register,
                               promote=args.promote).line())
         return 0
     print(export_model(args.model, args.experiment, args.out, register=not args.no_register,
-                       int8_data=args.int8_data, promote=args.promote).line())
+                       int8_data=args.int8_data, promote=args.promote, lrp_onnx=args.lrp_onnx).line())
     return 0
 
 

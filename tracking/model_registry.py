@@ -9,7 +9,12 @@
   :data:`CHAMPION_ALIAS` to it only when the caller decided so;
 * :func:`champion_tags` reads the current champion's tags (its validation Dice and split digest),
   :func:`source_run_facts` what a trial run recorded (architecture, study, profile, best val Dice);
-* :func:`download_onnx_model` brings a registered model back for prediction.
+* :func:`download_onnx_model` brings a registered model back for prediction;
+* :func:`log_relevance_model` logs an exported relevance graph (:mod:`explain.onnx_export`) as an
+  MLflow ONNX model (``mlflow.onnx``: loadable by ``mlflow.onnx.load_model`` or as a pyfunc of numpy
+  inputs, served without PyTorch) and registers it as ``strokelens-relevance-<method>``
+  (:func:`relevance_model_name`) with tags (:data:`RELEVANCE_TAGS`) naming the segmenter version it
+  explains, the parity with ``explain.attribute`` and the architecture.
 
 Run names, tags and what each run logs are :mod:`tracking.runs`'s.
 """
@@ -43,11 +48,22 @@ MODEL_ARTIFACT = "model"
 VERSION_TAGS = ("architecture", "study", "trial_run", "val_dice", "val_dice_ci_low", "val_dice_ci_high",
                 "val_cases", "split", "data_digest", "profile")
 """The tags every registered version carries (empty strings where a fact is unknown)."""
+RELEVANCE_MODEL_PREFIX = "strokelens-relevance"
+RELEVANCE_ARTIFACT = "relevance"
+"""Where a relevance model is logged in the export run: ``relevance-<method>`` (its JSON under ``relevance-onnx``)."""
+RELEVANCE_TAGS = ("method", "target", "architecture", "segmenter_model", "segmenter_version", "segmenter_run",
+                  "trial_run", "study", "parity_relative_l1", "parity_grids")
+"""The tags every registered relevance version carries."""
+
+
+def relevance_model_name(method: str) -> str:
+    """The registered name of an LRP method's relevance model: ``strokelens-relevance-<method>``."""
+    return f"{RELEVANCE_MODEL_PREFIX}-{method}"
 
 
 def log_onnx_model(onnx_path: Path, sidecar: Path, predictor: str, register: bool = True,
                    champion: bool = False, tags: dict | None = None,
-                   description: str = "") -> tuple[str, str | None]:
+                   description: str = "", relevance: dict[str, Path] | None = None) -> tuple[str, str | None]:
     """Log an exported model as an MLflow pyfunc around its ONNX session, and register it with tags and a description.
 
     The MLflow model is :class:`tracking.serving.StrokelensModel` (logged from code): its artifacts
@@ -82,6 +98,42 @@ def register_version(model_uri: str, tags: dict, description: str = "", champion
     if champion:
         client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, registered.version)
     return str(registered.version)
+
+
+def log_relevance_model(onnx_path: Path, sidecar: Path, method: str, register: bool = True,
+                        tags: dict | None = None, description: str = "",
+                        champion: bool = False) -> tuple[str, str | None]:
+    """Log a relevance graph as an MLflow ONNX model in the active run; register it as :func:`relevance_model_name`.
+
+    The model's input is ``image`` (N, C, D, H, W) float32 — the segmenter's prepared input — and
+    its outputs ``relevance``, ``logits`` and ``target`` (:mod:`explain.onnx_export`); its JSON (method,
+    options, parity) is logged beside it. Every key of :data:`RELEVANCE_TAGS` is set; the alias
+    :data:`CHAMPION_ALIAS` moves to the version when ``champion`` is true (the segmenter it explains is
+    the champion).
+
+    Returns:
+        (the logged model's URI, the registered version or None).
+    """
+    import mlflow.onnx
+    import onnx
+
+    from tracking.serving import pinned_requirements
+
+    requirements = [r for r in pinned_requirements() if r.split("==")[0] in ("onnx", "onnxruntime", "numpy")]
+    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=f"{RELEVANCE_ARTIFACT}-{method}",
+                                 pip_requirements=requirements, save_as_external_data=False)
+    mlflow.log_artifact(str(sidecar), artifact_path=f"{RELEVANCE_ARTIFACT}-onnx")
+    if not register:
+        return info.model_uri, None
+    name = relevance_model_name(method)
+    full = {key: "" for key in RELEVANCE_TAGS} | {"method": method} | {k: str(v) for k, v in (tags or {}).items()}
+    registered = mlflow.register_model(info.model_uri, name, tags=full)
+    client = MlflowClient(tracking_uri())
+    if description:
+        client.update_model_version(name, registered.version, description=description)
+    if champion:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, registered.version)
+    return info.model_uri, str(registered.version)
 
 
 def tag_version(version: str, tags: dict) -> None:

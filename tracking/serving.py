@@ -1,9 +1,11 @@
 """The served model: an MLflow pyfunc around the exported ONNX session, and a scoring server that protects itself.
 
 :class:`StrokelensModel` is the registered model's ``python_model`` (logged from code, see
-:mod:`tracking.serving_model`): its artifacts are the ONNX file and its preprocessing JSON, and it
-builds its predictor with the factory named by a dotted path in the MLflow model config
-(:data:`PREDICTOR_KEY`, e.g. ``benchmark.serving:load_predictor``), so this layer never imports the
+:mod:`tracking.serving_model`): its artifacts are the ONNX file and its preprocessing JSON, plus
+optionally one relevance ONNX model per LRP method (artifact ``relevance-<method>``,
+:mod:`explain.onnx_export`), and it builds its predictor with the factory named by a dotted path in
+the MLflow model config (:data:`PREDICTOR_KEY`, e.g. ``benchmark.serving:load_predictor``; called with
+``relevance={method: path}`` when the model ships relevance models), so this layer never imports the
 benchmark. The predictor answers ``predict(inputs) -> dict`` and lists the exceptions that mean a
 bad request in ``client_errors``.
 
@@ -47,6 +49,8 @@ logger = logging.getLogger(__name__)
 PREDICTOR_KEY = "predictor"
 """The model-config key holding the predictor factory's dotted path (``module:function``)."""
 ARTIFACT_ONNX, ARTIFACT_SIDECAR = "onnx", "sidecar"
+ARTIFACT_RELEVANCE = "relevance-"
+"""Prefix of the artifacts holding relevance ONNX models: ``relevance-<method>``."""
 DEFAULT_MAX_MB = 64
 """Default request-size limit in MiB: a 192×192×19 case in the compact encoding is about 20 MiB, the
 same case as JSON numbers about 75 MiB (send it compact); a JSON request costs ~5× its size in memory."""
@@ -93,7 +97,9 @@ class StrokelensModel(mlflow.pyfunc.PythonModel):
         """Build the predictor from the ONNX artifact, its JSON and the factory in the model config."""
         config = context.model_config or {}
         factory = load_factory(config[PREDICTOR_KEY])
-        self.predictor = factory(context.artifacts[ARTIFACT_ONNX], context.artifacts[ARTIFACT_SIDECAR])
+        relevance = relevance_artifacts(context.artifacts)
+        options = {"relevance": relevance} if relevance else {}
+        self.predictor = factory(context.artifacts[ARTIFACT_ONNX], context.artifacts[ARTIFACT_SIDECAR], **options)
         self.client_errors = tuple(getattr(self.predictor, "client_errors", ()))
 
     def predict(self, context, model_input, params=None):
@@ -112,6 +118,11 @@ class StrokelensModel(mlflow.pyfunc.PythonModel):
             if reply is not None:
                 reply.update(status=500, message=message)
             raise ServedModelError(message) from None
+
+
+def relevance_artifacts(artifacts: dict) -> dict[str, str]:
+    """LRP method → relevance ONNX path, from a pyfunc's artifacts (``relevance-<method>``)."""
+    return {k[len(ARTIFACT_RELEVANCE):]: v for k, v in sorted(artifacts.items()) if k.startswith(ARTIFACT_RELEVANCE)}
 
 
 SERVING_PACKAGES = ("mlflow", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "nibabel", "pybase64", "torch",
@@ -135,25 +146,32 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
-def _model_arguments(onnx_path: Path, sidecar: Path, predictor: str, pip_requirements: list[str] | None) -> dict:
+def _model_arguments(onnx_path: Path, sidecar: Path, predictor: str, pip_requirements: list[str] | None,
+                     relevance: dict[str, Path] | None = None) -> dict:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per copied artifact is noise
     if pip_requirements is None:
         pip_requirements = pinned_requirements()
-    return {"python_model": str(Path(__file__).with_name("serving_model.py")),
-            "artifacts": {ARTIFACT_ONNX: str(onnx_path), ARTIFACT_SIDECAR: str(sidecar)},
+    artifacts = {ARTIFACT_ONNX: str(onnx_path), ARTIFACT_SIDECAR: str(sidecar)}
+    artifacts |= {f"{ARTIFACT_RELEVANCE}{method}": str(path) for method, path in sorted((relevance or {}).items())}
+    return {"python_model": str(Path(__file__).with_name("serving_model.py")), "artifacts": artifacts,
             "model_config": {PREDICTOR_KEY: predictor}, "pip_requirements": pip_requirements}
 
 
 def log_pyfunc_model(name: str, onnx_path: Path, sidecar: Path, predictor: str,
-                     pip_requirements: list[str] | None = None):
-    """Log :class:`StrokelensModel` from code with the ONNX file and its JSON as artifacts; returns MLflow's info."""
-    return mlflow.pyfunc.log_model(name=name, **_model_arguments(onnx_path, sidecar, predictor, pip_requirements))
+                     pip_requirements: list[str] | None = None, relevance: dict[str, Path] | None = None):
+    """Log :class:`StrokelensModel` from code with the ONNX file and its JSON as artifacts; returns MLflow's info.
+
+    ``relevance`` (LRP method → relevance ONNX file) ships those models inside it, for requests asking for relevance.
+    """
+    return mlflow.pyfunc.log_model(name=name, **_model_arguments(onnx_path, sidecar, predictor, pip_requirements,
+                                                                 relevance))
 
 
 def save_pyfunc_model(path: Path, onnx_path: Path, sidecar: Path, predictor: str,
-                      pip_requirements: list[str] | None = None) -> Path:
+                      pip_requirements: list[str] | None = None, relevance: dict[str, Path] | None = None) -> Path:
     """The same MLflow model written to a local folder (no tracking store): ``path`` serves as a model URI."""
-    mlflow.pyfunc.save_model(str(path), **_model_arguments(onnx_path, sidecar, predictor, pip_requirements))
+    mlflow.pyfunc.save_model(str(path), **_model_arguments(onnx_path, sidecar, predictor, pip_requirements,
+                                                           relevance))
     return Path(path)
 
 

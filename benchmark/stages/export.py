@@ -14,15 +14,27 @@ as one ONNX graph that averages their softmax probabilities (:class:`models.ense
 ``logits`` output is ``log p̄``, so prediction and serving read ``p̄`` unchanged). An ensemble has no
 held-out validation Dice (every case trained one of its members), so it takes the ``champion``
 alias only with ``--promote``.
+
+With ``lrp_onnx`` (``--lrp-onnx``) the relevance pass of :data:`RELEVANCE_METHODS` is exported too
+(:func:`explain.onnx_export.export_lrp_onnx`: the LRP pass as forward operations, verified against
+``explain.attribute`` in float64 on the model's training grid and an uneven one, relative L1 ≤ 1e-4),
+shipped inside the served pyfunc (a request may ask for relevance, :mod:`benchmark.serving`) and
+registered as ``strokelens-relevance-<method>`` with tags naming the segmenter version, the parity
+and the architecture (its ``champion`` alias follows the segmenter's). A method whose graph cannot be
+exported or misses the parity is skipped with its reason (logged, tagged on the segmenter version,
+printed), never failing the export. It is off by default: ``torch.onnx.export`` (dynamo) of the
+relevance graph takes about 20-100 s per method on a 2-core CPU (longer than the segmenter's own export).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +54,16 @@ from tracking import model_registry
 from tracking import runs as tracking
 from tracking.records import Store
 
+logger = logging.getLogger(__name__)
+
 PREDICTOR = "benchmark.serving:load_predictor"
 """The factory the registered pyfunc builds its predictor with (see :mod:`benchmark.serving`)."""
 CALIBRATION_CASES = 8
 """Training cases that calibrate the int8 activation ranges."""
+RELEVANCE_METHODS: tuple[str, ...] = ("lrp_epsilon", "lrp_zplus")
+"""LRP methods whose relevance graphs ``--lrp-onnx`` exports, ships and registers."""
+RELEVANCE_TOLERANCE = 1e-4
+"""The largest relative L1 difference to ``explain.attribute`` a relevance graph may have to be registered."""
 
 
 @dataclass
@@ -64,6 +82,9 @@ class ExportResult:
         int8_dice_change: mean Dice of int8 minus fp32 (None without an int8 model).
         int8_cases: how many cases that change is measured on.
         int8_cases_side: ``validation`` (the split's), or ``labelled`` for a model no search trained.
+        relevance: LRP method → its registered relevance model (``models:/…``, or the logged URI).
+        relevance_parity: LRP method → the largest relative L1 difference to ``explain.attribute``.
+        relevance_skipped: LRP method → why its relevance graph was not exported.
     """
 
     run_id: str
@@ -77,6 +98,9 @@ class ExportResult:
     int8_dice_change: float | None = None
     int8_cases: int = 0
     int8_cases_side: str = "validation"
+    relevance: dict[str, str] = field(default_factory=dict)
+    relevance_parity: dict[str, float] = field(default_factory=dict)
+    relevance_skipped: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
         """The summary line the command line prints."""
@@ -91,7 +115,95 @@ class ExportResult:
                 quantised += " (the model has no saved split: calibrated on the same cases)"
         line = (f"exported {self.architecture} to ONNX (max |onnxruntime − PyTorch| {self.max_abs_diff:.2e}); "
                 f"logged under MLflow run {self.run_id}: {where}{quantised}")
-        return f"{line}\n{self.champion_reason}" if self.champion_reason else line
+        lines = [line] + ([self.champion_reason] if self.champion_reason else [])
+        lines += [f"relevance {m}: {uri} (relative L1 to explain.attribute {self.relevance_parity[m]:.1e}); "
+                  "the served model answers requests with \"relevance\": \"" + m + "\""
+                  for m, uri in self.relevance.items()]
+        lines += [f"relevance {m} not exported: {why}" for m, why in self.relevance_skipped.items()]
+        return "\n".join(lines)
+
+
+@dataclass
+class RelevanceExport:
+    """The relevance graphs exported beside a segmenter (see the module docstring).
+
+    Attributes:
+        reports: LRP method → its export report (file, parity).
+        skipped: LRP method → the one-line reason it was not exported.
+        seconds: wall time of the whole relevance export.
+    """
+
+    reports: dict = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """LRP method → relevance ONNX file."""
+        return {method: report.onnx_path for method, report in self.reports.items()}
+
+
+def export_relevance(model, folder: Path, config: PreprocessConfig,
+                     methods: tuple[str, ...] = RELEVANCE_METHODS) -> RelevanceExport:
+    """Export and verify the relevance graph of each method into ``folder`` (``<method>.onnx`` and its JSON).
+
+    The graphs are traced on the model's training grid and checked against ``explain.attribute``
+    (float64) on that grid and on an uneven one (:data:`explain.onnx_export.CHECK_GRIDS`' second). A
+    method the graph cannot express, or whose parity exceeds :data:`RELEVANCE_TOLERANCE`, is skipped
+    with its reason (a warning is logged); nothing else stops the export.
+    """
+    import torch
+
+    from explain.errors import ExplainError
+    from explain.onnx_export import CHECK_GRIDS, export_lrp_onnx
+
+    start = time.perf_counter()
+    result = RelevanceExport()
+    grid = tuple(config.grid_dhw)
+    example = torch.rand(1, len(config.modalities), *grid, generator=torch.Generator().manual_seed(0))
+    grids = tuple(dict.fromkeys([grid, *CHECK_GRIDS[1:]]))
+    for method in methods:
+        try:
+            result.reports[method] = export_lrp_onnx(model, method, Path(folder) / f"{method}.onnx", example,
+                                                     grids=grids, tolerance=RELEVANCE_TOLERANCE)
+        except (ExplainError, RuntimeError) as exc:  # onnxruntime's own failures are RuntimeErrors
+            reason = " ".join(str(exc).split())[:300]
+            result.skipped[method] = reason
+            logger.warning("relevance ONNX of %s not exported for %s: %s", method,
+                           getattr(model, "build_config", {}).get("name", type(model).__name__), reason)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def register_relevance(relevance: RelevanceExport, segmenter_version: str | None, tags: dict, run_id: str,
+                       champion: bool, result: ExportResult) -> None:
+    """Log (and register beside ``segmenter_version``) the relevance graphs; record them in ``result`` and MLflow."""
+    architecture = tags.get("architecture", "")
+    metrics = {"lrp_onnx_export_s": relevance.seconds}
+    for method, report in relevance.reports.items():
+        metrics[f"lrp_onnx_relative_l1_{method}"] = report.worst
+        parity = {"parity_relative_l1": f"{report.worst:.3e}", "parity_grids": ",".join(report.relative_l1),
+                  "target": "lesion", "architecture": architecture,
+                  "segmenter_model": model_registry.REGISTERED_MODEL if segmenter_version else "",
+                  "segmenter_version": segmenter_version or "", "segmenter_run": run_id,
+                  "trial_run": tags.get("trial_run", ""), "study": tags.get("study", "")}
+        description = (f"{method} relevance (LRP) of {architecture} segmenter "
+                       + (f"version {segmenter_version} " if segmenter_version else "")
+                       + "as an ONNX graph: input image (N, C, D, H, W) as the segmenter's prepared input, outputs "
+                       f"relevance (same shape), logits, target. Relative L1 to explain.attribute {report.worst:.1e} "
+                       f"on grids {', '.join(report.relative_l1)}.")
+        uri, version = model_registry.log_relevance_model(report.onnx_path, report.onnx_path.with_suffix(".json"),
+                                                          method, register=segmenter_version is not None,
+                                                          tags=parity, description=description, champion=champion)
+        result.relevance[method] = (f"models:/{model_registry.relevance_model_name(method)}/{version}"
+                                    if version else uri)
+        result.relevance_parity[method] = report.worst
+    result.relevance_skipped.update(relevance.skipped)
+    tracking.log_summary(metrics)
+    if segmenter_version is not None:
+        model_registry.tag_version(segmenter_version, {
+            "relevance_methods": ",".join(relevance.reports),
+            **{f"relevance_skipped_{m}": why[:250] for m, why in relevance.skipped.items()}})
 
 
 def data_digest(split: Split) -> str:
@@ -161,7 +273,7 @@ def int8_dice_change(onnx_path: Path, int8_path: Path, cases) -> dict:
 
 def export_model(reference: str = "", experiment: str = "", out: str | Path = "", register: bool = True,
                  int8_data: str | Path = "", champion: bool = True, split: Split | None = None,
-                 promote: bool = False) -> ExportResult:
+                 promote: bool = False, lrp_onnx: bool = False) -> ExportResult:
     """Export, verify, log and register one model.
 
     Args:
@@ -178,6 +290,8 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
         split: the model's split, when the caller has it (else it is looked up).
         promote: move the ``champion`` alias to the new version even when it does not beat the
             current champion (see :func:`champion_decision`).
+        lrp_onnx: also export the relevance graphs of :data:`RELEVANCE_METHODS`, ship them in the served
+            model and register them as ``strokelens-relevance-<method>`` (module docstring).
 
     Raises:
         TrackingError: the reference does not resolve or the store cannot be used.
@@ -199,6 +313,7 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out else Path(tmp)
         report = export_onnx(model, folder / "model.onnx", preprocess)
+        relevance = export_relevance(model, folder, PreprocessConfig.from_dict(preprocess)) if lrp_onnx else None
         params = {"model": reference or run_id or str(checkpoint), "source_run": run_id or ""}
         if split is not None:
             params["split"] = split.digest
@@ -220,7 +335,8 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
         with tracking.export_run(run_id, params) as parent:
             tracking.log_summary({f"onnx_max_abs_diff_{k}": v for k, v in report.max_abs_diff.items()})
             uri, version = model_registry.log_onnx_model(report.onnx_path, report.sidecar_path, PREDICTOR,
-                                                         register=register, tags=tags, description=description)
+                                                         register=register, tags=tags, description=description,
+                                                         relevance=relevance.paths if relevance else None)
             result = ExportResult(parent.info.run_id, run_id, architecture, report.worst, uri, version, False)
             if int8_refs is not None:
                 train_refs, val_refs, side = int8_refs
@@ -247,6 +363,8 @@ def export_model(reference: str = "", experiment: str = "", out: str | Path = ""
             elif version is not None:
                 result.champion_reason = (f"registered version {version} without the "
                                           f"{model_registry.CHAMPION_ALIAS} alias (not the best of its search)")
+            if relevance is not None:
+                register_relevance(relevance, version, tags, parent.info.run_id, result.champion, result)
     return result
 
 
