@@ -257,6 +257,9 @@ SECTION_DESCRIPTIONS = {
     "reproduction": ("strokelens: the study's experiments on {base}'s models (dilution, lesion-like defects, "
                      "relevance amplitude, filter comparison, overlays): one experiments-STUDY run with one "
                      "nested experiment-NAME run each. "),
+    "resolution": ("strokelens: resolution studies of {base}'s data: one resolution-STUDY run (resolution.csv, "
+                   "resolution.png, the split and the plan) with one nested resolution-SETTING run per input "
+                   "resolution (the study's grids and native mode), each with its epoch curves and cases.csv. "),
     "report": ("strokelens: the leaderboard reports of {base}'s studies. Each report-STUDY run holds "
                "leaderboard.html (open it from the run's artifacts), its tables and figures. "),
 }
