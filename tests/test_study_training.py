@@ -155,7 +155,7 @@ def test_strength_is_the_fraction_of_augmented_volumes_and_both_combines():
     out_image, _ = Augmenter(0.9, seed=0, kind="study")(image, label)
     unchanged = sum(torch.equal(out_image[i], image[i]) for i in range(200))
     assert 8 <= unchanged <= 35  # about one in ten, as the study's first copy of each case
-    assert set(AUGMENTATIONS) == {"flips", "study", "both"}
+    assert set(AUGMENTATIONS) == {"flips", "study", "both", "spatial"}
     both_image, both_label = Augmenter(1.0, seed=0, kind="both")(image, label)
     assert both_image.shape == image.shape and not torch.equal(both_label, label)
     assert torch.equal(Augmenter(0.0, kind="both")(image, label)[0], image)
