@@ -39,7 +39,7 @@ from explain.filters import RelevanceFilter
 from explain.graph import trace
 from explain.reference import check_architecture, reference_lrp_run
 from explain.rules import Rule
-from explain.sliding import Stitched, Tiling, WindowRelevance, stitched_logits
+from explain.sliding import Stitched, Tiling, WindowRelevance
 from explain.targets import check_input, explained_target, frozen, initial_relevance, target_mask
 from inferers import SlidingWindow
 
@@ -160,7 +160,7 @@ def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[Releva
                 if tiling is None:
                     out, explained = _propagate(hooked, state, x, lambda logits: target_mask(logits, target), passes)
                 else:  # F without a gradient: the rules stay idle, the convolutions run on the fast dispatch
-                    mask = target_mask(stitched_logits(hooked, x, window), target).to(device=x.device, dtype=x.dtype)
+                    mask = target_mask(tiling.stitch(hooked), target).to(device=x.device, dtype=x.dtype)
                     out, explained = _sliding_propagate(hooked, state, tiling, tiling.pad(mask.unsqueeze(1)), passes,
                                                         per_window)
     raw = out.get("raw")

@@ -8,7 +8,8 @@ with window w's **share** of voxel v,
     ``ω_w(v) = g(v − o_w) / Σ_u g(v − o_u)``   (``Σ_w ω_w(v) = 1`` wherever a window covers v),
 
 stitching is ``F(v) = Σ_w ω_w(v) f_w(v)``: a linear layer on top of the windows' logits, positive
-weights and no bias. That is how it is explained.
+weights and no bias. That is how it is explained. (F is computed here in this form, in the input's
+dtype — :meth:`Tiling.stitch` — and agrees with :func:`inferers.sliding_window` to float rounding.)
 
 **LRP** (``explain.lrp_sweep`` / ``explain.attribute`` with ``window=``): the explained relevance
 on the stitched output is ``R_F(v) = F₁(v) m(v)`` (``m`` the target mask, :mod:`explain.targets`,
@@ -54,7 +55,7 @@ import torch
 from torch import nn
 
 from explain.errors import ExplainError
-from inferers import SlidingWindow, sliding_window
+from inferers import SlidingWindow
 
 Tensor = torch.Tensor
 
@@ -77,13 +78,6 @@ def _checked(model: nn.Module):
                                f"on its input window's grid: the model maps {tuple(batch.shape)} to {shape}")
         return out
     return run
-
-
-@torch.no_grad()
-def stitched_logits(model: nn.Module, x: Tensor, window: SlidingWindow) -> Tensor:
-    """The stitched prediction F (N, K, D, H, W) of ``model`` on ``x`` (:func:`inferers.sliding_window`), x's dtype."""
-    _check_volume(x, window)
-    return sliding_window(x, _checked(model), window).to(x.dtype)
 
 
 class Tiling:
@@ -137,6 +131,29 @@ class Tiling:
         """One window of the input (1, C, d, h, w): what the model's structure is traced on."""
         return self.gather(self.padded, 0, [0])
 
+    @torch.no_grad()
+    def stitch(self, model: nn.Module) -> Tensor:
+        """The stitched prediction ``F = Σ_w ω_w f_w`` (N, K, D, H, W) of ``model``, in the input's dtype.
+
+        :func:`inferers.sliding_window`'s ``Σ g f / Σ g`` with the division done per window (shares),
+        so a volume of one patch gives ``f`` itself; they agree to float rounding.
+        """
+        run = _checked(model)
+        total = None
+        for n, indices in self.batches():
+            out = run(self.gather(self.padded, n, indices)).to(self.padded.dtype)
+            if total is None:
+                total = torch.zeros((self.padded.shape[0], out.shape[1], *self.padded.shape[2:]),
+                                    dtype=out.dtype, device=out.device)
+            for i, o in zip(indices, out, strict=True):
+                total[n][(slice(None), *self.boxes[i])] += o * self.shares[i]
+        return self.crop(total)
+
+
+def stitched_logits(model: nn.Module, x: Tensor, window: SlidingWindow) -> Tensor:
+    """The stitched prediction F (N, K, D, H, W) of ``model`` on ``x``, in x's dtype (:meth:`Tiling.stitch`)."""
+    return Tiling(x, window).stitch(model)
+
 
 @dataclass(frozen=True)
 class WindowRelevance:
@@ -162,14 +179,12 @@ class _StitchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, stitched: Stitched) -> Tensor:
         ctx.stitched = stitched
-        ctx.save_for_backward(x)
-        return stitched_logits(stitched.model, x, stitched.window)
+        ctx.tiling = Tiling(x.detach(), stitched.window)
+        return ctx.tiling.stitch(stitched.model)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (x,) = ctx.saved_tensors
-        model = ctx.stitched.model
-        tiling = Tiling(x.detach(), ctx.stitched.window)
+        model, tiling = ctx.stitched.model, ctx.tiling
         grad = tiling.pad(grad)
         total = torch.zeros_like(tiling.padded)
         for n, indices in tiling.batches():
