@@ -203,3 +203,50 @@ def test_reference_lrp_refuses_a_window_and_wrong_models_are_named():
         explain.attribute(strided, x[:, :, 0], "lrp_epsilon", window=WINDOW)
     with pytest.raises(ExplainError, match="pass window= too"):
         explain.lrp_sweep(_pointwise(), x.double(), "lrp_epsilon", [RelevanceFilter()], per_window=[])
+
+
+@pytest.mark.slow
+def test_the_explanations_stage_explains_a_native_model_by_windows_on_the_target_spacing_grid(isles_dir, tmp_path,
+                                                                                              monkeypatch):
+    import json
+
+    import nibabel as nib
+
+    from benchmark.data.cases import discover, read_case
+    from benchmark.data.preprocessing import PreprocessConfig, prepare
+    from benchmark.errors import ParameterError
+    from benchmark.stages.explanations import explain_model
+    from benchmark.training.loop import save_checkpoint
+    from explain import metrics
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    case = read_case(next(r for r in discover(isles_dir, split="train") if r.case_id == "training_2"))
+    spacing_xyz = (case.spacing[2] * 2, case.spacing[1] * 2, case.spacing[0])  # half the in-plane voxels
+    config = PreprocessConfig(grid=(16, 16, 8), mode="native", spacing=spacing_xyz)
+    torch.manual_seed(0)
+    model = models.build("unet3d", 6, width=0.0625).eval()
+    (tmp_path / "native").mkdir()
+    checkpoint = save_checkpoint(tmp_path / "native" / "best.pt", model, None, 0, [])
+    (tmp_path / "native" / "preprocess.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(ParameterError, match="takes no sliding window"):
+        explain_model(str(checkpoint), isles_dir, ["reference_lrp"], ["raw"], ["training_2"], heavy="none")
+    result = explain_model(str(checkpoint), isles_dir, ["lrp_zplus", "gradient_x_input"],
+                           ["raw", "pass_0_0.2", "post_clamp_0_0.2"], ["training_2"], heavy="raw")
+    p = prepare(case, config)
+    d, h, w = case.shape
+    assert p.image.shape[1:] == (d, round(h / 2), round(w / 2))  # the target-spacing grid, larger than the patch
+    record = json.loads((result.folder / "training_2_lrp_zplus.json").read_text())
+    raw = record["filters"]["raw"]
+    swept, explained = explain.lrp_sweep(model, torch.from_numpy(p.image[None]), "lrp_zplus", [RelevanceFilter()],
+                                         window=config.window())
+    relevance = swept["raw"][0].numpy()
+    assert raw["blrp_to_ot"] == pytest.approx(float(metrics.blrp_to_ot(relevance, p.label > 0.5).mean()))
+    assert raw["relevance_mass_accuracy"] == pytest.approx(metrics.relevance_mass_accuracy(relevance, p.label > 0.5))
+    assert raw["conservation_error"] == pytest.approx(metrics.conservation_error(relevance, float(explained[0])))
+    assert np.isfinite(raw["randomisation_spearman"]) and np.isfinite(raw["faithfulness"])
+    assert {(row["method"], row["filter"]) for row in result.table} == {
+        ("lrp_zplus", "raw"), ("lrp_zplus", "pass_0_0.2"), ("lrp_zplus", "post_clamp_0_0.2"),
+        ("gradient_x_input", "raw"), ("gradient_x_input", "post_clamp_0_0.2")}
+    saved = nib.load(result.folder / "training_2_lrp_zplus.nii.gz")
+    assert saved.shape == (w, h, d, 6)  # written back on the case's own grid
