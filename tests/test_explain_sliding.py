@@ -250,3 +250,19 @@ def test_the_explanations_stage_explains_a_native_model_by_windows_on_the_target
         ("gradient_x_input", "raw"), ("gradient_x_input", "post_clamp_0_0.2")}
     saved = nib.load(result.folder / "training_2_lrp_zplus.nii.gz")
     assert saved.shape == (w, h, d, 6)  # written back on the case's own grid
+
+
+def test_bench_sliding_relevance_reports_both_methods_against_their_parts_and_a_gradient():
+    from benchmark.perf import bench_sliding_relevance
+
+    result = bench_sliding_relevance(width=0.0625, grids_xyz=((24, 20, 10), (12, 10, 5)), patch_xyz=(16, 16, 8),
+                                     repeats=1)
+    larger, smaller = result["results"]
+    assert (larger["windows"], smaller["windows"]) == (8, 1) and result["device_info"]["cpu_count"] >= 1
+    for row in result["results"]:
+        assert set(row["methods"]) == {"lrp_zplus", "lrp_epsilon"} and row["full_volume_gradient_s"] > 0
+        for entry in row["methods"].values():
+            assert entry["windows_x_one_window_s"] == pytest.approx(row["windows"] * entry["one_window_s"])
+            assert entry["ratio_to_windows_x_one_window"] == pytest.approx(
+                entry["sliding_s"] / entry["windows_x_one_window_s"])
+            assert entry["meets_target"] == (entry["ratio_to_windows_x_one_window"] <= 1.2)
