@@ -631,6 +631,67 @@ def bench_lrp_onnx(model, grids_xyz, repeats: int, methods=("lrp_epsilon", "lrp_
     return rows
 
 
+def bench_sliding_relevance(width: float = 0.25, grids_xyz=((192, 192, 19), (256, 256, 25)),
+                            patch_xyz=(96, 96, 19), repeats: int = 3) -> dict:
+    """Sliding-window relevance seconds per native volume against its parts and against one gradient.
+
+    ``unet3d`` at ``width``, random weights (speed does not depend on them), one volume (batch 1) per
+    grid, windows of ``patch_xyz`` (overlap 0.5, 4 windows per forward pass; :mod:`explain.sliding`).
+    For ``lrp_zplus`` and ``lrp_epsilon``: the sliding-window relevance of the whole volume
+    (``explain.attribute(..., window=)``: stitched prediction for the target mask, every window
+    explained from its share, relevance summed) against (a) windows × one one-window LRP
+    (``explain.attribute`` on one patch, batch 1; target: sliding ≤ 1.2× that, i.e. the stitched
+    prediction, shares and stitching cost under 20 %) and (b) one gradient of the whole volume at
+    once (forward + backward to the input, parameters frozen). Medians over ``repeats`` rounds,
+    timed round-robin (:func:`benchmark.evaluation.robustness.interleaved_medians`).
+    """
+    import torch
+
+    import explain
+    import models
+    from explain.attribution import frozen, target_mask
+    from inferers import SlidingWindow
+
+    methods = ("lrp_zplus", "lrp_epsilon")
+    torch.manual_seed(0)
+    model = models.build("unet3d", 6, width=width).eval()
+    patch = (patch_xyz[2], patch_xyz[1], patch_xyz[0])
+    window = SlidingWindow(patch)
+    one = torch.rand(1, 6, *patch)
+    rows = []
+    for grid in grids_xyz:
+        x = torch.rand(1, 6, grid[2], grid[1], grid[0])
+        padded = [max(s, p) for s, p in zip(x.shape[2:], patch, strict=True)]
+        count = len(window.windows(padded))
+
+        def gradient(x=x):
+            with frozen(model):
+                xg = x.clone().requires_grad_(True)
+                logits = model(xg)
+                torch.autograd.grad(logits[:, 1], xg, target_mask(logits.detach()))
+
+        calls = {"gradient": gradient}
+        for method in methods:
+            calls[f"{method}_window"] = lambda m=method: explain.attribute(model, one, m)
+            calls[f"{method}_sliding"] = lambda m=method, x=x: explain.attribute(model, x, m, window=window)
+        seconds = interleaved_medians(calls, repeats)
+        row = {"grid_xyz": list(grid), "windows": count, "full_volume_gradient_s": seconds["gradient"],
+               "methods": {}}
+        for method in methods:
+            sliding, parts = seconds[f"{method}_sliding"], count * seconds[f"{method}_window"]
+            row["methods"][method] = {
+                "sliding_s": sliding, "one_window_s": seconds[f"{method}_window"], "windows_x_one_window_s": parts,
+                "windows_per_s": count / sliding, "ratio_to_windows_x_one_window": sliding / parts,
+                "stitching_share": 1.0 - parts / sliding,
+                "ratio_to_full_volume_gradient": sliding / seconds["gradient"],
+                "target_ratio": 1.2, "meets_target": sliding / parts <= 1.2}
+        rows.append(row)
+    return {"benchmark": "sliding_relevance", "architecture": "unet3d", "width": width,
+            "parameters": models.parameter_count(model), "patch_xyz": list(patch_xyz), "overlap": window.overlap,
+            "windows_per_batch": window.batch, "repeats": repeats, "timing": "round-robin", "results": rows,
+            "device_info": device_info()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark and write/print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__)

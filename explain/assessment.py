@@ -9,6 +9,12 @@ per row (about 1.3 s for a width-0.25 U-Net at 48×48×19 on 2 CPU cores) and me
 at a coarser step (the ranking needs the metric on every row; it compares rows at one setting).
 The cascading randomisation test (three more explanations per row) runs on the unfiltered
 relevance only, unless ``heavy="all"``; ``heavy="none"`` skips it.
+
+With a sliding window (a native-resolution model, ``PreprocessConfig.window()``) the case is the
+whole volume at the target spacing: the explained prediction, its mask and target, every forward
+pass of region perturbation and every explanation (the randomised models' too) are the
+Gaussian-stitched sliding-window ones (:mod:`explain.sliding`), and every metric is computed on
+that grid.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from torch import nn
 from explain import metrics as m
 from explain.attribution import attribute, is_lrp, lrp_sweep
 from explain.filters import RelevanceFilter
+from explain.sliding import Stitched, Tiling
 from explain.targets import explained_target, frozen, target_mask
+from inferers import SlidingWindow
 
 FAITHFULNESS_STEPS = 4
 """Region-perturbation steps per curve on every row (module docstring)."""
@@ -67,7 +75,8 @@ def _case_metrics(relevance: np.ndarray, x: np.ndarray, lesion: np.ndarray, evid
 
 def assess(model: nn.Module, image: np.ndarray, relevance: np.ndarray, lesion: np.ndarray,
            evidence: np.ndarray | None, modalities: Sequence[str], raw: np.ndarray | None = None,
-           mask: torch.Tensor | None = None, base: float | None = None) -> dict[str, float]:
+           mask: torch.Tensor | None = None, base: float | None = None,
+           window: SlidingWindow | None = None) -> dict[str, float]:
     """Every cheap metric of one relevance map, ``retained_relevance`` and ``faithfulness``.
 
     Args:
@@ -80,8 +89,10 @@ def assess(model: nn.Module, image: np.ndarray, relevance: np.ndarray, lesion: n
         raw: the same method's unfiltered relevance (None: ``relevance`` is unfiltered).
         mask: the explained voxels (default: the model's predicted lesion on ``image``).
         base: the explained target on ``image`` (default: computed).
+        window: the model's sliding window (None: whole volumes); its stitched prediction is perturbed.
     """
     x = torch.from_numpy(image[None]).float()
+    model = model if window is None else Stitched(model, window)
     with frozen(model), torch.no_grad():
         if mask is None or base is None:
             logits = model(x)
@@ -98,7 +109,8 @@ def assess(model: nn.Module, image: np.ndarray, relevance: np.ndarray, lesion: n
 
 def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, evidence: np.ndarray | None,
                  modalities: Sequence[str], method: str, filters: Sequence[RelevanceFilter], case_id: str = "",
-                 heavy: str = "raw", seed: int = 0, **options) -> list[Explanation]:
+                 heavy: str = "raw", seed: int = 0, window: SlidingWindow | None = None,
+                 **options) -> list[Explanation]:
     """Explain one prepared case with one method for every filter, with metrics.
 
     Args:
@@ -112,6 +124,8 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
         case_id: for the results.
         heavy: where the randomisation test runs: ``raw`` (unfiltered relevance only), ``all`` or ``none``.
         seed: for random and smoothgrad baselines and the randomisation test.
+        window: the model's sliding window (a native-resolution model; module docstring), None for
+            whole volumes. ``reference_lrp`` takes none.
         **options: rule options of LRP variants.
 
     Returns:
@@ -121,18 +135,20 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
     usable = list(filters) if is_lrp(method) else [f for f in filters if f.kind == "raw" or f.mode == "post"]
     if not usable:
         return []
+    predictor = model if window is None else Stitched(model, window)
     with frozen(model), torch.no_grad():
-        logits = model(x)
+        logits = predictor(x)
         mask = target_mask(logits)
         base = float(explained_target(logits, mask)[0])
+    target = None if window is None else mask  # the stitched prediction's mask, not computed again
     started = time.perf_counter()
     explained = None
     if is_lrp(method):
         swept = usable if any(f.kind == "raw" for f in usable) else [RelevanceFilter(), *usable]
-        relevances, explained = lrp_sweep(model, x, method, swept, **options)
+        relevances, explained = lrp_sweep(model, x, method, swept, target, window=window, **options)
         propagations = 1 + sum(f.mode == "layer" and f.kind != "raw" for f in usable)
     else:
-        relevances = {"raw": attribute(model, x, method, seed=seed)}
+        relevances = {"raw": attribute(model, x, method, target, seed=seed, window=window)}
         relevances.update({f.name: f(relevances["raw"]) for f in usable})
         propagations = 1
     seconds = (time.perf_counter() - started) / propagations
@@ -140,7 +156,8 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
     results = []
     for f in usable:
         relevance = relevances[f.name][0].numpy()
-        values = assess(model, image, relevance, lesion, evidence, modalities, raw=raw, mask=mask, base=base)
+        values = assess(model, image, relevance, lesion, evidence, modalities, raw=raw, mask=mask, base=base,
+                        window=window)
         values["seconds_per_volume"] = seconds
         if explained is not None:
             values["conservation_error"] = m.conservation_error(relevance, float(explained[0]))
@@ -148,9 +165,11 @@ def explain_case(model: nn.Module, image: np.ndarray, lesion: np.ndarray, eviden
             with frozen(model):
                 def again(randomised: nn.Module, f: RelevanceFilter = f) -> np.ndarray:
                     if is_lrp(method):
-                        return lrp_sweep(randomised, x, method, [f], **options)[0][f.name][0].numpy()
-                    return f(attribute(randomised, x, method, seed=seed))[0].numpy()
+                        return lrp_sweep(randomised, x, method, [f], window=window, **options)[0][f.name][0].numpy()
+                    return f(attribute(randomised, x, method, seed=seed, window=window))[0].numpy()
 
-                values["randomisation_spearman"] = m.randomisation_spearman(model, again, relevance, x=x, seed=seed)
+                traced = x if window is None else Tiling(x, window).example()  # the layer order, on a patch
+                values["randomisation_spearman"] = m.randomisation_spearman(model, again, relevance, x=traced,
+                                                                            seed=seed)
         results.append(Explanation(case_id, method, f, relevance, values))
     return results

@@ -8,6 +8,11 @@ forward pass with as many backward passes as filters need gives the input releva
 is left exactly as it was afterwards. Baselines are classes in :mod:`explain.baselines`; what is
 explained (``target``) is defined in :mod:`explain.targets`.
 
+With ``window=`` (an :class:`inferers.SlidingWindow`) every method explains a native-resolution
+segmenter's Gaussian-stitched sliding-window prediction of a volume larger than its patch: LRP
+window by window with each window's share of the stitched output as its start relevance, the
+baselines on the stitched model; :mod:`explain.sliding` states what conservation then means.
+
 ``reference_lrp`` (:data:`REFERENCE_LRP`) is the study's own propagation, reproduced exactly on its
 own architecture (``unet3d_reference``) by :mod:`explain.reference` rather than by the engine: it
 takes the same filters (layer-wise ones at the places the study applies them), explains what the
@@ -34,7 +39,9 @@ from explain.filters import RelevanceFilter
 from explain.graph import trace
 from explain.reference import check_architecture, reference_lrp_run
 from explain.rules import Rule
+from explain.sliding import Stitched, Tiling, WindowRelevance
 from explain.targets import check_input, explained_target, frozen, initial_relevance, target_mask
+from inferers import SlidingWindow
 
 Tensor = torch.Tensor
 
@@ -47,7 +54,7 @@ REFERENCE_LRP = "reference_lrp"
 REFERENCE_OPTIONS: tuple[str, ...] = ("first_layer", "concat_factors", "bounds", "skip_slice", "stabiliser")
 """The options of :data:`REFERENCE_LRP` (:func:`explain.reference.reference_lrp`; defaults: the study's)."""
 
-__all__ = ["BASELINES", "LRP_METHODS", "REFERENCE_LRP", "REFERENCE_OPTIONS", "attribute", "frozen",
+__all__ = ["BASELINES", "LRP_METHODS", "REFERENCE_LRP", "REFERENCE_OPTIONS", "REFERENCE_WINDOW", "attribute", "frozen",
            "initial_relevance", "is_lrp", "lrp_sweep", "methods", "relevance_balance", "rule_map", "target_mask",
            "unsupported"]
 
@@ -65,14 +72,24 @@ def is_lrp(method: str) -> bool:
     return method in composites.COMPOSITES or method == REFERENCE_LRP
 
 
-def unsupported(model: nn.Module, method: str) -> str:
+REFERENCE_WINDOW = ("reference_lrp takes no sliding window: it reproduces the study's propagation, which starts "
+                    "from the whole output map of one whole volume and has no way to start a window from its "
+                    "Gaussian share of the stitched output (explain.sliding); explain a sliding-window model with an "
+                    "engine method (lrp_zplus_zbox is the study's rules, corrected)")
+"""Why ``reference_lrp`` refuses a window."""
+
+
+def unsupported(model: nn.Module, method: str, window: SlidingWindow | None = None) -> str:
     """Why ``method`` cannot explain ``model`` (an empty string when it can, as far as is known before running).
 
-    Only ``reference_lrp`` is limited to one architecture (the study's); every other method explains
-    any network whose units have rules.
+    Only ``reference_lrp`` is limited to one architecture (the study's) and to whole volumes
+    (``window`` None, :data:`REFERENCE_WINDOW`); every other method explains any network whose
+    units have rules, whole or by sliding windows.
     """
     if method not in methods():
         return str(_unknown(method))
+    if method == REFERENCE_LRP and window is not None:
+        return REFERENCE_WINDOW
     if method == REFERENCE_LRP:
         try:
             check_architecture(model)
@@ -97,7 +114,8 @@ def rule_map(model: nn.Module, x: Tensor, method: str, **options) -> dict[str, R
 
 
 def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[RelevanceFilter], target=None, *,
-              ledger: list[LayerBalance] | None = None, **options) -> tuple[dict[str, Tensor], Tensor]:
+              window: SlidingWindow | None = None, ledger: list[LayerBalance] | None = None,
+              per_window: list[WindowRelevance] | None = None, **options) -> tuple[dict[str, Tensor], Tensor]:
     """LRP for several filters from one forward pass.
 
     Layer-wise filters each need their own backward pass, but they share the forward pass and
@@ -105,42 +123,96 @@ def lrp_sweep(model: nn.Module, x: Tensor, method: str, filters: Sequence[Releva
     ``ledger``: a list that receives every unit's :class:`~explain.core.LayerBalance` of every
     backward pass (see :func:`relevance_balance`).
 
+    ``window``: explain the Gaussian-stitched sliding-window prediction of ``x`` (N, C, D, H, W)
+    (:mod:`explain.sliding`): the target mask is taken on the stitched prediction F, every window
+    is explained (``window.batch`` windows per forward pass) from its share ω_w of F's explained
+    logits, layer-wise filters act per window, the windows' relevances are summed into the volume,
+    and post-hoc filters act on that stitched map. ``per_window``: a list that receives each
+    window's :class:`~explain.sliding.WindowRelevance` (its relevance before stitching and its
+    weighted target T_w, to which a conservative method's window relevance sums).
+
     ``reference_lrp`` explains the whole output map of both classes (``target`` must be None), so
-    its explained target is Σ f(x) over classes and voxels; it keeps no ``ledger``.
+    its explained target is Σ f(x) over classes and voxels; it keeps no ``ledger`` and takes no
+    ``window`` (:data:`REFERENCE_WINDOW`).
 
     Returns:
-        ({filter name: relevance with x's shape}, the explained target per sample (N,)).
+        ({filter name: relevance with x's shape}, the explained target per sample (N,); with a
+        window, Σ_w T_w, which equals the explained target of F up to float rounding).
     """
     x = check_input(x)
     if method == REFERENCE_LRP:
+        if window is not None or per_window is not None:
+            raise ExplainError(REFERENCE_WINDOW)
         return _reference_sweep(model, x, filters, target, ledger, options)
     if method not in composites.COMPOSITES:
         raise _unknown(method)
-    out: dict[str, Tensor] = {}
-    with frozen(model), canonized(model, x):
-        composite = composites.build(method, trace(model, x), **options)
-        state = ExplainContext(ledger=ledger)
-        with composite.context(model, state) as hooked:
-            xg = x.clone().requires_grad_(True)
-            logits = hooked(xg)
-            mask = target_mask(logits.detach(), target)
-            start = initial_relevance(logits.detach(), mask)
-            needs = [f for f in filters if f.mode == "layer" and f.kind != "raw"]
-            raw_needed = any(f.kind == "raw" or f.mode == "post" for f in filters)
-            passes = ([None] if raw_needed else []) + needs
-            for k, f in enumerate(passes):
-                state.layer_filter = f
-                (relevance,) = torch.autograd.grad(logits, xg, start, retain_graph=k < len(passes) - 1)
-                if f is None:
-                    raw = relevance.detach()
-                else:
-                    out[f.name] = f(relevance.detach())
+    if window is None and per_window is not None:
+        raise ExplainError("per_window collects the windows of a sliding-window explanation: pass window= too")
+    layered = [f for f in filters if f.mode == "layer" and f.kind != "raw"]
+    passes = ([None] if any(f.kind == "raw" or f.mode == "post" for f in filters) else []) + layered
+    with frozen(model):
+        tiling = None if window is None else Tiling(x, window)
+        example = x if tiling is None else tiling.example()
+        with canonized(model, example):
+            composite = composites.build(method, trace(model, example), **options)
+            state = ExplainContext(ledger=ledger)
+            with composite.context(model, state) as hooked:
+                if tiling is None:
+                    out, explained = _propagate(hooked, state, x, lambda logits: target_mask(logits, target), passes)
+                else:  # F without a gradient: the rules stay idle, the convolutions run on the fast dispatch
+                    mask = target_mask(tiling.stitch(hooked), target).to(device=x.device, dtype=x.dtype)
+                    out, explained = _sliding_propagate(hooked, state, tiling, tiling.pad(mask.unsqueeze(1)), passes,
+                                                        per_window)
+    raw = out.get("raw")
     for f in filters:
         if f.kind == "raw":
             out["raw"] = raw
         elif f.mode == "post":
             out[f.name] = f(raw)
-    return {f.name: out[f.name] for f in filters}, explained_target(logits.detach(), mask)
+    return {f.name: out[f.name] for f in filters}, explained
+
+
+def _propagate(hooked: nn.Module, state: ExplainContext, x: Tensor, mask_of, passes: list[RelevanceFilter | None]
+               ) -> tuple[dict[str, Tensor], Tensor]:
+    """One hooked forward pass and one backward pass per entry of ``passes`` (None: raw).
+
+    ``mask_of(logits)`` gives the (N, *spatial) target mask, a float weight per explained logit.
+
+    Returns:
+        ({``raw`` or layer-wise filter name: input relevance}, explained target (N,)).
+    """
+    out: dict[str, Tensor] = {}
+    xg = x.clone().requires_grad_(True)
+    logits = hooked(xg)
+    mask = mask_of(logits.detach())
+    start = initial_relevance(logits.detach(), mask)
+    for k, f in enumerate(passes):
+        state.layer_filter = f
+        (relevance,) = torch.autograd.grad(logits, xg, start, retain_graph=k < len(passes) - 1)
+        out["raw" if f is None else f.name] = relevance.detach() if f is None else f(relevance.detach())
+    return out, explained_target(logits.detach(), mask)
+
+
+def _sliding_propagate(hooked: nn.Module, state: ExplainContext, tiling: Tiling, mask: Tensor,
+                       passes: list[RelevanceFilter | None], per_window: list[WindowRelevance] | None
+                       ) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`_propagate` window by window from the shares ω_w · m, summed into the padded volume, cropped."""
+    names = ["raw" if f is None else f.name for f in passes]
+    padded = tiling.padded
+    totals = {name: torch.zeros_like(padded) for name in names}
+    explained = torch.zeros(padded.shape[0], dtype=padded.dtype, device=padded.device)
+    for n, indices in tiling.batches():
+        weights = tiling.gather(mask, n, indices)[:, 0] * torch.stack([tiling.shares[i] for i in indices])
+        found, targets = _propagate(hooked, state, tiling.gather(padded, n, indices), lambda _, w=weights: w, passes)
+        explained[n] += targets.sum()
+        for j, i in enumerate(indices):
+            box = (slice(None), *tiling.boxes[i])
+            for name in names:
+                totals[name][n][box] += found[name][j]
+            if per_window is not None:
+                per_window.append(WindowRelevance(n, tiling.boxes[i], {name: found[name][j] for name in names},
+                                                  float(targets[j])))
+    return {name: tiling.crop(total) for name, total in totals.items()}, explained
 
 
 def _reference_sweep(model: nn.Module, x: Tensor, filters: Sequence[RelevanceFilter], target,
@@ -186,15 +258,22 @@ class RelevanceBalance:
         return sum(layer.stabiliser_bound for layer in self.layers)
 
 
-def relevance_balance(model: nn.Module, x: Tensor, method: str, target=None, **options) -> RelevanceBalance:
-    """The relevance balance of an LRP method on ``model`` and ``x``: does it conserve, and where not."""
+def relevance_balance(model: nn.Module, x: Tensor, method: str, target=None, *, window: SlidingWindow | None = None,
+                      **options) -> RelevanceBalance:
+    """The relevance balance of an LRP method on ``model`` and ``x``: does it conserve, and where not.
+
+    With ``window`` the layers' entries are every window batch's, the target is Σ_w T_w and the input
+    relevance that of the stitched map (:mod:`explain.sliding`).
+    """
     ledger: list[LayerBalance] = []
-    relevance, explained = lrp_sweep(model, x, method, [RelevanceFilter()], target, ledger=ledger, **options)
+    relevance, explained = lrp_sweep(model, x, method, [RelevanceFilter()], target, window=window, ledger=ledger,
+                                     **options)
     return RelevanceBalance(float(explained.sum()), float(relevance["raw"].sum()), tuple(ledger))
 
 
-def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_filter: RelevanceFilter | None = None,
-              seed: int = 0, steps: int = 16, samples: int = 8, **options) -> Tensor:
+def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, window: SlidingWindow | None = None,
+              layer_filter: RelevanceFilter | None = None, seed: int = 0, steps: int = 16, samples: int = 8,
+              **options) -> Tensor:
     """Relevance of each input voxel and modality for ``target``.
 
     Args:
@@ -204,7 +283,16 @@ def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_fi
         x: input (N, C, D, H, W), or any (N, C, *spatial) the model takes.
         method: one of :func:`methods`.
         target: what is explained (:mod:`explain.targets`); ``reference_lrp``: None only (the
-            study's whole output map, both classes).
+            study's whole output map, both classes). With a window it is taken on the stitched
+            prediction F (a mask or voxel on the volume's grid).
+        window: an :class:`inferers.SlidingWindow` (``PreprocessConfig.window()`` of a native-mode
+            model): explain the Gaussian-stitched sliding-window prediction of a volume (N, C, D, H, W)
+            of any size (smaller than the patch: zero-padded). LRP explains each window from its share
+            ω_w of the stitched output's explained logits and sums the windows' relevance: per window
+            the input relevance sums to its weighted target ``T_w = Σ_v ω_w(v) f_w,1(v) m(v)`` and the
+            stitched map to ``Σ_v F₁(v) m(v)`` (as far as the rules conserve; :mod:`explain.sliding`);
+            a layer-wise filter acts per window, a post-hoc one on the stitched map. Baselines explain
+            the stitched model F (:class:`explain.sliding.Stitched`). ``reference_lrp`` refuses one.
         layer_filter: a :class:`RelevanceFilter` (LRP variants; its mode decides where it acts;
             ``reference_lrp`` applies a layer-wise one at the study's places).
         seed: for ``random`` and ``smoothgrad``.
@@ -224,7 +312,7 @@ def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_fi
     x = check_input(x)
     if is_lrp(method):
         chosen = layer_filter or RelevanceFilter()
-        relevance, _ = lrp_sweep(model, x, method, [chosen], target, **options)
+        relevance, _ = lrp_sweep(model, x, method, [chosen], target, window=window, **options)
         return relevance[chosen.name]
     if method not in BASELINES:
         raise _unknown(method)
@@ -233,5 +321,6 @@ def attribute(model: nn.Module, x: Tensor, method: str, target=None, *, layer_fi
     cls = BASELINES[method]
     accepted = inspect.signature(cls).parameters
     settings = {k: v for k, v in {"seed": seed, "steps": steps, "samples": samples}.items() if k in accepted}
+    explained = model if window is None else Stitched(model, window)
     with frozen(model):
-        return cls(model, **settings).attribute(x, target)
+        return cls(explained, **settings).attribute(x, target)

@@ -18,6 +18,13 @@ So a sweep of M methods × F filters adds M + 1 runs, not M × F.
 The cases are the validation side of the split of the search that trained the model (read back,
 never made again; changed data is refused), or case ids given by the caller.
 
+Resolution: a model whose preprocessing is ``native`` (its ``preprocess`` settings, mode ``native``)
+is explained at its native resolution: each case is the whole volume resampled to the target
+spacing, explained by Gaussian-weighted sliding windows of its patch (``PreprocessConfig.window()``,
+:mod:`explain.sliding`), and every metric (bLRPtoOT and the rest) is computed on that grid;
+``reference_lrp`` takes no window and is skipped there. A ``seed``-mode model is explained on its
+training grid, whole volumes, as the study did.
+
 Stops and reruns: each method × case is computed once and kept in
 ``<out>/<model>-<settings digest>/`` (default ``explanations/``): ``<case>_<method>.nii.gz`` and
 ``.png`` (raw relevance, when ``raw`` is among the filters) and, written last, ``<case>_<method>.json``
@@ -212,7 +219,8 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
         cases = [cases]
     refs = _chosen_cases(folder, cases if isinstance(cases, int) else list(cases), config.modalities, split)
     network = load_model(checkpoint)
-    skipped = {name: why for name in names if (why := unsupported(network, name))}
+    window = config.window()  # native mode: sliding windows over the whole volume at the target spacing
+    skipped = {name: why for name in names if (why := unsupported(network, name, window))}
     if skipped and methods and list(methods) != ["all"]:
         name = next(iter(skipped))
         raise ParameterError(f"method '{name}' cannot explain this model: {skipped[name]}")
@@ -221,6 +229,7 @@ def explain_model(model: str = "", data: str | Path = "", methods: Sequence[str]
     params = {"model": model or (model_run or str(checkpoint)), "model_run": model_run or "",
               "architecture": architecture, "study": tracking.study_of(model_run),
               "data": str(folder), "cases": ",".join(r.case_id for r in refs), "heavy": heavy,
+              "resolution": "native" if window is not None else "training grid",
               "split": split.digest if split is not None else "", "skipped_methods": ",".join(skipped)}
     settings = {"checkpoint_sha1": _sha1(checkpoint), "model_run": model_run or "", "preprocess": config.to_dict(),
                 "data": str(folder.resolve()), "filters": [f.name for f in relevance_filters], "heavy": heavy,
@@ -388,7 +397,7 @@ def _explain_job(work: Path, network, case, p, method: str, filters: Sequence[Re
                  config: PreprocessConfig, heavy: str, seed: int) -> dict:
     """Explain one case with one method; write its raw relevance (NIfTI, PNG), then its JSON record."""
     explanations = explain_case(network, p.image, p.label > 0.5, p.evidence, config.modalities, method, filters,
-                                case_id=p.case_id, heavy=heavy, seed=seed)
+                                case_id=p.case_id, heavy=heavy, seed=seed, window=config.window())
     raw = [e for e in explanations if e.filter.kind == "raw"]
     files = [path.name for path in _case_outputs(work, raw, case, p, config)]
     record = {"case": p.case_id, "method": method, "files": files,
@@ -398,7 +407,11 @@ def _explain_job(work: Path, network, case, p, method: str, filters: Sequence[Re
 
 
 def _case_outputs(folder: Path, explanations, case, p, config: PreprocessConfig) -> list[Path]:
-    """Relevance NIfTI on the native grid (one volume per modality) and a PNG, per explanation of one case."""
+    """Relevance NIfTI on the native grid (one volume per modality) and a PNG, per explanation of one case.
+
+    The relevance is resampled from the model's grid (the training grid, or the target spacing in
+    ``native`` mode) to the case's own grid like a probability map.
+    """
     paths = []
     for e in explanations:
         native = to_native(e.relevance, case.shape)  # (C, D, H, W)
