@@ -36,7 +36,9 @@ inference (:mod:`inferers`; patch 96×96×16, overlap 0.5, 4 windows per batch) 
 the CPU (:meth:`models.onnx.Segmenter.probability`), timed round-robin with one batch of windows alone:
 windows per second, the share of a volume's time outside the network (tiling, stitching, softmax:
 ``1 − windows / batch × batch time / volume time``, an estimate that noise can push below 0), the ratio
-onnxruntime / PyTorch and the largest probability difference of the two. Target on CPU: ≤ 0.6×.
+onnxruntime / PyTorch and the largest probability difference of the two. Target on CPU: ≤ 0.6×. Its
+``relevance`` (:func:`bench_sliding_relevance`, same patch): sliding-window z⁺ and ε relevance per volume
+against windows × one-window LRP (target ≤ 1.2×) and against one full-volume gradient.
 ``search``: trials per minute, storage overhead per trial and duplicate parameters of one small study
 with 1, 2 and 4 workers on SQLite, a journal file and PostgreSQL (:mod:`benchmark.training.scaling`).
 ``serve``: the served model (``python -m mlproject.serve`` on 127.0.0.1, a local pyfunc of ``unet3d``
@@ -714,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = bench_lrp(repeats=args.repeats)
     elif args.what == "sliding":
         result = bench_sliding(repeats=args.repeats)
+        result["relevance"] = bench_sliding_relevance(patch_xyz=tuple(result["patch_xyz"]), repeats=args.repeats)
     elif args.what == "search":
         from benchmark.training.scaling import bench_search
 
