@@ -106,3 +106,31 @@ def test_predict_serving_and_evaluate_of_a_native_model_give_the_pytorch_mask(na
 
     scored = evaluate_model(model, [prepared], threshold=threshold, window=config.window())[0]
     assert scored["dice"] == pytest.approx(dice(mask.T > 0, case.label > 0))
+
+
+
+def test_the_study_experiments_slide_windows_for_a_native_model(native, monkeypatch):
+    """Dilution and defects predict (and explain) a native case window by window, as predict does."""
+    import benchmark.evaluation.defect_effects as defect_effects
+    import benchmark.evaluation.dilution as dilution
+    from benchmark.data.defects import draw_defect
+    from benchmark.data.preprocessing import brain_mask
+
+    model, config, _, _, case = native
+    prepared = prepare(case, config)
+    windows = []
+
+    def counted(*args, **kwargs):
+        windows.append(kwargs.get("window"))
+        return predict_probability(*args, **kwargs)
+
+    monkeypatch.setattr(dilution, "predict_probability", counted)
+    monkeypatch.setattr(defect_effects, "predict_probability", counted)
+    diluted = dilution.dilution_rows(model, [prepared], {"zero": [0.0]}, draws=1, progress=False,
+                                     window=config.window())
+    defect = draw_defect(prepared.image, brain_mask(prepared.image), 20, np.random.default_rng(0))
+    effects = defect_effects.defect_rows({"normal": model}, [prepared], {prepared.case_id: [defect]}, "lrp_epsilon",
+                                         progress=False, window=config.window())
+    assert windows and all(w == config.window() for w in windows)
+    assert diluted[0]["dice_clean"] == 1.0  # zeroing no value predicts the clean mask again
+    assert len(effects) == 1 and np.isfinite(effects[0]["defect_mass_share"])

@@ -29,11 +29,12 @@ from benchmark.evaluation.inference import predict_probability
 from benchmark.evaluation.relevance import region_relevance
 from benchmark.evaluation.segmentation import dice
 from explain.attribution import attribute
+from inferers import SlidingWindow
 
 
 def defect_rows(models: Mapping[str, nn.Module], cases: Sequence[PreparedCase],
                 defects: Mapping[str, Sequence[Defect]], method: str, threshold: float = 0.5,
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, window: SlidingWindow | None = None) -> list[dict]:
     """One row per model, case and defect (see the module docstring).
 
     Args:
@@ -43,6 +44,7 @@ def defect_rows(models: Mapping[str, nn.Module], cases: Sequence[PreparedCase],
         method: the LRP (or any ``explain.methods()``) method of the relevance.
         threshold: lesion probability above which a voxel is lesion.
         progress: a progress bar.
+        window: a native-mode model's sliding window (prediction and relevance window by window).
 
     Returns:
         Rows ``model, case, defect, defect_voxels, defect_ml, strength`` and the measurements.
@@ -65,15 +67,15 @@ def defect_rows(models: Mapping[str, nn.Module], cases: Sequence[PreparedCase],
         grid_ml = native_ml * float(np.prod(case.native_shape)) / float(np.prod(case.image.shape[1:]))
         if (name, case.case_id) not in cache:
             with torch.no_grad():
-                p0 = predict_probability(model, torch.from_numpy(case.image[None]), device)
-            clean_relevance = attribute(model, torch.from_numpy(case.image[None]), method)[0].numpy()
+                p0 = predict_probability(model, torch.from_numpy(case.image[None]), device, window=window)
+            clean_relevance = attribute(model, torch.from_numpy(case.image[None]), method, window=window)[0].numpy()
             cache[(name, case.case_id)] = (to_native(p0, case.native_shape)[0] > threshold, clean_relevance)
         clean, clean_relevance = cache[(name, case.case_id)]
         x = defect.apply(case.image)
         with torch.no_grad():
-            p1 = predict_probability(model, torch.from_numpy(x[None]), device)
+            p1 = predict_probability(model, torch.from_numpy(x[None]), device, window=window)
         defective = to_native(p1, case.native_shape)[0] > threshold
-        relevance = attribute(model, torch.from_numpy(x[None]), method)[0].numpy()
+        relevance = attribute(model, torch.from_numpy(x[None]), method, window=window)[0].numpy()
         brain = brain_mask(case.image)
         after = region_relevance(relevance, defect.mask, brain)
         before = region_relevance(clean_relevance, defect.mask, brain)

@@ -34,6 +34,7 @@ from benchmark.data.preprocessing import PreparedCase, to_native
 from benchmark.errors import DataError, ParameterError
 from benchmark.evaluation.inference import predict_probability
 from benchmark.evaluation.segmentation import dice
+from inferers import SlidingWindow
 
 KINDS = ("noise", "study_noise", "zero", "smooth")
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
@@ -92,20 +93,21 @@ def dilute(image: np.ndarray, kind: str, level: float, rng: np.random.Generator)
 
 
 def _native_masks(model: nn.Module, images: np.ndarray, case: PreparedCase, threshold: float,
-                  batch: int) -> list[np.ndarray]:
-    """Native-grid lesion masks of a stack of inputs (N, C, D, H, W) of one case."""
+                  batch: int, window: SlidingWindow | None = None) -> list[np.ndarray]:
+    """Native-grid lesion masks of a stack of inputs (N, C, D, H, W) of one case (sliding windows when given)."""
     device = next(model.parameters()).device
     masks = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            probability = predict_probability(model, torch.from_numpy(images[start:start + batch]), device)
+            probability = predict_probability(model, torch.from_numpy(images[start:start + batch]), device,
+                                              window=window)
             masks += [to_native(p[None], case.native_shape)[0] > threshold for p in probability]
     return masks
 
 
 def dilution_rows(model: nn.Module, cases: Sequence[PreparedCase], levels: Mapping[str, Sequence[float]],
                   draws: int = 5, seed: int = 0, threshold: float = 0.5, batch: int = 8,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, window: SlidingWindow | None = None) -> list[dict]:
     """Every draw of every kind, level and case: Dice against the clean prediction and the truth.
 
     Args:
@@ -117,6 +119,7 @@ def dilution_rows(model: nn.Module, cases: Sequence[PreparedCase], levels: Mappi
         threshold: lesion probability above which a voxel is lesion.
         batch: inputs per forward pass.
         progress: a progress bar over cases × kinds.
+        window: a native-mode model's sliding window (None: whole volumes).
 
     Returns:
         Rows ``case, kind, level, draw, diff, dice_clean, dice_truth, volume_ml`` (volume of the
@@ -139,12 +142,12 @@ def dilution_rows(model: nn.Module, cases: Sequence[PreparedCase], levels: Mappi
             raise DataError(f"case {case.case_id} has no ground truth: the dilution experiment needs labelled cases")
         truth = np.asarray(case.native_label) > 0
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        (clean,) = _native_masks(model, case.image[None], case, threshold, batch)
+        (clean,) = _native_masks(model, case.image[None], case, threshold, batch, window)
         n = 1 if kind in DETERMINISTIC else draws
         for j, level in enumerate(levels[kind]):
             rng = np.random.default_rng([seed, i, k, j])
             diluted = np.stack([dilute(case.image, kind, level, rng) for _ in range(n)])
-            masks = _native_masks(model, diluted, case, threshold, batch)
+            masks = _native_masks(model, diluted, case, threshold, batch, window)
             for draw, (x, mask) in enumerate(zip(diluted, masks, strict=True)):
                 rows.append({"case": case.case_id, "kind": kind, "level": level, "draw": draw,
                              "diff": float(np.abs(x - case.image).mean()), "dice_clean": dice(mask, clean),

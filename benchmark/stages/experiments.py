@@ -50,6 +50,7 @@ from benchmark.data.splits import Split
 from benchmark.errors import ParameterError
 from benchmark.evaluation.defect_effects import defect_rows
 from benchmark.evaluation.dilution import DEFAULT_LEVELS, STUDY_DRAWS, check_levels, dilution_rows, summarize_levels
+from benchmark.evaluation.inference import predict_probability
 from benchmark.evaluation.relevance import normalized_mean_by_channel
 from benchmark.figures import lesion_slice, overlay_png, relevance_grid_png
 from benchmark.reporting import experiment_charts as charts
@@ -293,7 +294,8 @@ def _csv(table: pd.DataFrame, path: Path) -> Path:
 def _dilution(c: _Context):
     s = c.settings
     levels = check_levels(s.levels)
-    rows = pd.DataFrame(dilution_rows(c.model, c.cases, levels, s.draws, c.seed, s.threshold, progress=c.progress))
+    rows = pd.DataFrame(dilution_rows(c.model, c.cases, levels, s.draws, c.seed, s.threshold, progress=c.progress,
+                                      window=c.config.window()))
     summary = pd.DataFrame(summarize_levels(rows.to_dict("records")))
     files = [_csv(rows, c.out / "dilution_draws.csv"), _csv(summary, c.out / "dilution_levels.csv"),
              charts.dilution_curves(summary, c.out / "dilution_curves.png"),
@@ -345,7 +347,8 @@ def _defects(c: _Context, split: Split | None, folder: Path):
     metrics: dict[str, float] = {}
     if s.defect_epochs:
         models["defect-trained"] = _defect_model(c, split, folder, rng, metrics)
-    rows = pd.DataFrame(defect_rows(models, c.cases, defects, s.defect_method, s.threshold, c.progress))
+    rows = pd.DataFrame(defect_rows(models, c.cases, defects, s.defect_method, s.threshold, c.progress,
+                                    window=c.config.window()))
     numeric = [k for k in rows.columns if k not in ("model", "case", "defect")]
     summary = rows.groupby("model", sort=False)[numeric].agg(["mean", "std"])
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
@@ -359,8 +362,8 @@ def _defects(c: _Context, split: Split | None, folder: Path):
     first = defects[example.case_id][0]
     z = lesion_slice(first.mask)
     channel = list(c.config.modalities).index("Tmax") if "Tmax" in c.config.modalities else 0
-    with torch.no_grad():
-        probability = torch.softmax(c.model(torch.from_numpy(first.apply(example.image)[None])), dim=1)[0, 1].numpy()
+    probability = predict_probability(c.model, torch.from_numpy(first.apply(example.image)[None]), torch.device("cpu"),
+                                      window=c.config.window())[0].numpy()
     files = [_csv(rows, c.out / "defects.csv"), _csv(summary, c.out / "defects_summary.csv"),
              charts.defect_figure(rows, c.out / "defect_effects.png"),
              overlay_png(c.out / "defect_example.png", first.apply(example.image)[channel, z], first.mask[z],
@@ -396,7 +399,7 @@ def _defect_model(c: _Context, split: Split | None, folder: Path, rng: np.random
     model = copy.deepcopy(c.model)
     config = TrainConfig(epochs=s.defect_epochs, batch_size=2, loss="dice_ce", augment=0.0, patience=0,
                          seed=c.seed, device="auto", amp=False)
-    fitted = fit(model, train, val, config, progress=c.progress)
+    fitted = fit(model, train, val, config, progress=c.progress, preprocess=c.config)
     metrics["defect_training_cases"] = len(train)
     metrics["defect_training_val_dice"] = fitted.history[-1]["val_dice"]
     return model.cpu().eval()
@@ -434,7 +437,7 @@ def _explain_all(c: _Context) -> _Explained:
         lesion = case.label > 0.5 if case.label is not None else np.zeros(case.image.shape[1:], bool)
         filters = sweep if method in s.sweep_methods else sweep[:1]
         for e in explain_case(c.model, case.image, lesion, case.evidence, c.config.modalities, method, filters,
-                              case_id=case.case_id, heavy="none"):
+                              case_id=case.case_id, heavy="none", window=c.config.window()):
             values, peak = normalized_mean_by_channel(e.relevance)
             for modality, value in zip(c.config.modalities, values):
                 amplitude.append({"method": method, "filter": e.filter.name, "case": case.case_id, "grid": c.grid,
