@@ -108,7 +108,8 @@ def verdict(frame: pd.DataFrame, goal: float = 0.1) -> str:
                 "score more cases.")
     gain = float(native["small_dice"] - reference["small_dice"])
     met = "meets" if gain >= goal else "does not meet"
-    return (f"On the {int(reference['small_cases'])} cases with lesions under {SMALL_LESION_ML:g} ml, native mode "
+    n = int(reference["small_cases"])
+    return (f"On the {n} case{'s' if n != 1 else ''} with lesions under {SMALL_LESION_ML:g} ml, native mode "
             f"scores Dice {native['small_dice']:.3f} against {reference['small_dice']:.3f} at {reference['setting']} "
             f"(difference {gain:+.3f}, paired Wilcoxon p = {native['p_small_dice']:.3g}): this {met} the goal of "
             f"+{goal:g}; with this few cases the interval, not the mean, is the finding.")

@@ -52,7 +52,7 @@ class ResolutionResult:
         out = [f"resolution study of '{self.study}': {len(self.runs)} settings under MLflow run {self.run_id}"]
         for r in self.rows:
             out.append(f"  {r['setting']:>12}: Dice {r['dice']:.3f} [{r['dice_low']:.3f}, {r['dice_high']:.3f}], "
-                       f"lesions < {SMALL_LESION_ML:g} ml {r['small_dice']:.3f} ({r['small_cases']} cases), "
+                       f"lesions < {SMALL_LESION_ML:g} ml {r['small_dice']:.3f} (n = {r['small_cases']}), "
                        f"HD95 {r['hd95']:.1f} mm, lesion F1 {r['lesion_f1']:.3f}")
         return [*out, self.verdict]
 
