@@ -32,3 +32,11 @@ def data(isles_dir, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(isles_dir, root)
     return root
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A private working folder with its own MLflow store (SQLite), made the current directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path

@@ -157,12 +157,6 @@ def test_region_relevance_matches_a_hand_computation():
 
 # --- the stage and its report section ------------------------------------------------------------
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return tmp_path
-
 
 @pytest.mark.slow
 def test_the_stage_logs_one_run_per_experiment_and_the_report_shows_them(isles_dir, workdir):

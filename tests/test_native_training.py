@@ -137,12 +137,6 @@ def test_the_gpu_profile_is_native_and_paper_stays_the_study_grid():
         with_preprocessing(PROFILES["default"], "patches")
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return tmp_path
-
 
 def _settings(data, workdir, **kw):
     values = {"data": data, "trials": 1, "epochs": 2, "study": "s", "storage": f"sqlite:///{workdir}/optuna.db",

@@ -25,12 +25,6 @@ from tracking.runs import default_experiment
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return tmp_path
-
 
 def test_small_lesions_are_counted_per_component_and_found_by_any_overlap():
     truth = np.zeros((10, 20, 20), bool)

@@ -22,12 +22,6 @@ TINY = Profile(name="tiny", trials=2, epochs=2, architectures=("unet3d", "segres
                       "loss": "dice_ce", "augment": 0.5})
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return tmp_path
-
 
 def _settings(data, workdir, **kw):
     values = {"data": data, "trials": 2, "epochs": 2, "study": "s", "storage": f"sqlite:///{workdir}/optuna.db",
